@@ -1,0 +1,234 @@
+"""A client for one worker: segment lifecycle calls and a long-lived Exchange stream.
+
+The training path keeps one Exchange stream open per worker. Ops are sent as
+soon as they are known and answered in order, so an op whose answer nobody
+waits for (the last Backward of a step) overlaps with the next one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from splitnn import codec
+from splitnn import layers as layer_specs
+from splitnn import optim as optim_specs
+from splitnn.channels import create_channel
+from splitnn.errors import SplitnnError
+from splitnn.v1 import worker_pb2, worker_pb2_grpc
+
+DEFAULT_TIMEOUT = 60.0
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class WorkerError(SplitnnError):
+    """A worker refused or failed a call; carries its name, the call and the status."""
+
+    def __init__(self, worker: str, call: str, code, details: str):
+        self.worker, self.call, self.code, self.details = worker, call, code, details
+        name = code.name if code is not None else "UNKNOWN"
+        super().__init__(f"worker {worker}: {call} failed with {name}: {details}")
+
+
+@dataclass
+class Reply:
+    """One answered op: the head message and the tensor it carried, if any."""
+
+    message: object
+    tensor: torch.Tensor | None
+
+
+_RESPONSE_TENSOR = {"forward": ("input_grad", "output"), "backward": ("input_grad",), "step": ()}
+
+
+class WorkerClient:
+    """Talks to one worker; counts the bytes it sends and receives."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials=None,
+        timeout: float = DEFAULT_TIMEOUT,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        channel_options=(),
+        metadata=(),
+    ):
+        self.name = name
+        self.address = address
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self.metadata = tuple(metadata)
+        self.channel = create_channel(
+            address, credentials, list(_KEEPALIVE) + list(channel_options)
+        )
+        self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._requests: queue.SimpleQueue | None = None
+        self._responses = None
+        self._pending: deque = deque()
+        self._lock = threading.Lock()
+
+    # ---- unary-style calls -----------------------------------------------------
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, timeout=self.timeout, metadata=self.metadata, **kwargs)
+        except grpc.RpcError as err:
+            raise WorkerError(self.name, what, err.code(), err.details()) from None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the worker's channel is up, or raise naming the worker."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise WorkerError(
+                self.name,
+                "connect",
+                grpc.StatusCode.UNAVAILABLE,
+                f"no worker answered at {self.address} within {timeout:.0f}s",
+            ) from None
+
+    def status(self) -> worker_pb2.GetStatusResponse:
+        """What the worker hosts and serves."""
+        response = self._call("GetStatus", self.stub.GetStatus, worker_pb2.GetStatusRequest())
+        self.bytes_received += response.ByteSize()
+        return response
+
+    def load_segment(
+        self,
+        run_id: str,
+        index: int,
+        layers: list,
+        optimizer: dict,
+        state: dict[str, torch.Tensor] | None,
+        replace: bool = False,
+    ) -> None:
+        """Create a segment on the worker from its spec and state."""
+        spec = worker_pb2.SegmentSpec(
+            index=index,
+            layers=[layer_specs.layer_to_proto(layer) for layer in layers],
+            optimizer=optim_specs.to_proto(optimizer),
+        )
+        messages = [worker_pb2.LoadSegmentRequest(run_id=run_id, spec=spec, replace=replace)]
+        if state:
+            chunks = codec.blob_chunks(codec.encode_state(state), self.chunk_bytes)
+            for i, chunk in enumerate(chunks):
+                if i == 0:
+                    messages[0].state.CopyFrom(chunk)
+                else:
+                    messages.append(worker_pb2.LoadSegmentRequest(state=chunk))
+        self.bytes_sent += sum(m.ByteSize() for m in messages)
+        self._call(f"LoadSegment({index})", self.stub.LoadSegment, iter(messages))
+
+    def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
+        """The segment's weights and optimizer state, as named tensors."""
+        blob = codec.BlobAssembler()
+        what = f"ExportSegment({index})"
+        try:
+            for response in self.stub.ExportSegment(
+                worker_pb2.ExportSegmentRequest(run_id=run_id, index=index),
+                timeout=self.timeout,
+                metadata=self.metadata,
+            ):
+                self.bytes_received += response.ByteSize()
+                blob.add(response.state)
+        except grpc.RpcError as err:
+            raise WorkerError(self.name, what, err.code(), err.details()) from None
+        return codec.decode_state(blob.blob())
+
+    def drop_segment(self, run_id: str, index: int) -> None:
+        """Forget a segment on the worker."""
+        request = worker_pb2.DropSegmentRequest(run_id=run_id, index=index)
+        self.bytes_sent += request.ByteSize()
+        self._call(f"DropSegment({index})", self.stub.DropSegment, request)
+
+    # ---- the Exchange stream ---------------------------------------------------
+
+    def _ensure_stream(self) -> None:
+        if self._responses is None:
+            self._requests = queue.SimpleQueue()
+            self._responses = self.stub.Exchange(
+                iter(self._requests.get, None), metadata=self.metadata
+            )
+
+    def submit(self, kind: str, op, tensor: torch.Tensor | None = None, field: str = "") -> None:
+        """Send one op (forward, backward or step) on the stream; answers come in order."""
+        self._ensure_stream()
+        messages = []
+        if tensor is None:
+            messages.append(worker_pb2.ExchangeRequest(**{kind: op}))
+        else:
+            for i, chunk in enumerate(codec.encode(tensor, self.chunk_bytes)):
+                part = op if i == 0 else type(op)()
+                getattr(part, field).CopyFrom(chunk)
+                messages.append(worker_pb2.ExchangeRequest(**{kind: part}))
+        for message in messages:
+            self.bytes_sent += message.ByteSize()
+            self._requests.put(message)
+        self._pending.append((kind, time.monotonic()))
+
+    def receive(self) -> Reply:
+        """The answer to the oldest op not yet answered."""
+        if not self._pending:
+            raise RuntimeError("no op awaits an answer")
+        kind, _ = self._pending.popleft()
+        head, tensor, assembler = None, None, codec.TensorAssembler()
+        try:
+            while True:
+                message = next(self._responses)
+                self.bytes_received += message.ByteSize()
+                part = getattr(message, message.WhichOneof("result"))
+                if head is None:
+                    head = part
+                field = next((f for f in _RESPONSE_TENSOR[kind] if part.HasField(f)), None)
+                if field is None:
+                    return Reply(head, None)
+                tensor = assembler.add(getattr(part, field))
+                if tensor is not None:
+                    return Reply(head, tensor)
+        except grpc.RpcError as err:
+            self._reset_stream()
+            raise WorkerError(self.name, f"Exchange {kind}", err.code(), err.details()) from None
+        except StopIteration:
+            self._reset_stream()
+            raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed") from None
+
+    def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
+        """Send an op and wait for its answer (and every earlier one)."""
+        self.submit(kind, op, tensor, field)
+        return self.drain()
+
+    def drain(self) -> Reply | None:
+        """Wait for every op sent so far; return the last answer."""
+        reply = None
+        while self._pending:
+            reply = self.receive()
+        return reply
+
+    def _reset_stream(self) -> None:
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._responses is not None:
+            self._responses.cancel()
+        self._requests, self._responses = None, None
+        self._pending.clear()
+
+    def close(self) -> None:
+        """End the stream and the channel."""
+        if self._requests is not None:
+            self._requests.put(None)
+        self._requests, self._responses = None, None
+        self.channel.close()

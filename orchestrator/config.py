@@ -1,0 +1,264 @@
+"""Training configs: read a TOML file, check every field, and say exactly what is wrong.
+
+A config error is found here, before any worker is touched, and names the
+file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from splitnn import layers as layer_specs
+from splitnn import optim as optim_specs
+from splitnn.errors import InvalidArgument, SplitnnError
+from splitnn.losses import LOSS_KINDS
+
+OWNER = "owner"
+_TOP_KEYS = {"name", "seed", "input_shape", "workers", "training", "optimizer", "segments"}
+_TRAINING_KEYS = {
+    "owners",
+    "rounds",
+    "epochs",
+    "batch_size",
+    "shuffle",
+    "loss",
+    "dataset",
+    "test_dataset",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+}
+_WORKER_KEYS = {"address", "data", "server_name"}
+
+
+class ConfigError(SplitnnError):
+    """A config file that cannot be run as written."""
+
+
+@dataclass
+class WorkerConfig:
+    """Where a host's worker listens, and the files it serves when started locally."""
+
+    name: str
+    address: str | None
+    data: dict[str, Path] = field(default_factory=dict)
+    server_name: str | None = None
+
+
+@dataclass
+class SegmentConfig:
+    """One segment of the chain: where it lives and what it is made of."""
+
+    index: int
+    host: str
+    layers: list
+
+
+@dataclass
+class Config:
+    """A whole training job."""
+
+    path: Path
+    name: str
+    seed: int
+    input_shape: list[int]
+    workers: dict[str, WorkerConfig]
+    segments: list[SegmentConfig]
+    optimizer: dict
+    owners: list[str]
+    rounds: int = 1
+    epochs: int = 1
+    batch_size: int = 0
+    shuffle: bool = True
+    loss: str = "cross_entropy"
+    dataset: str = "train"
+    test_dataset: str | None = None
+    eval_every: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 0
+    raw: dict = field(default_factory=dict)
+
+    def placement(self, owner: str) -> list[str]:
+        """The host of every segment while `owner` trains."""
+        return [owner if s.host == OWNER else s.host for s in self.segments]
+
+    @property
+    def hosts(self) -> list[str]:
+        """Every host the job talks to, in a stable order."""
+        return list(self.workers)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict, path: Path) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the bad field."""
+
+    def fail(where: str, message: str):
+        raise ConfigError(f"{path}: {where}: {message}")
+
+    _unknown(raw, _TOP_KEYS, "", fail)
+    name = raw.get("name", path.stem)
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        fail("seed", f"expected an integer >= 0, got {seed!r}")
+    input_shape = raw.get("input_shape")
+    if (
+        not isinstance(input_shape, list)
+        or not input_shape
+        or not all(isinstance(d, int) and d > 0 for d in input_shape)
+    ):
+        fail(
+            "input_shape",
+            f"expected a list of positive integers (one row's shape), got {input_shape!r}",
+        )
+
+    workers_raw = raw.get("workers")
+    if not isinstance(workers_raw, dict) or not workers_raw:
+        fail("workers", "expected a table of hosts, e.g. [workers.alice]")
+    workers = {}
+    for host, entry in workers_raw.items():
+        where = f"workers.{host}"
+        if host == OWNER:
+            fail(where, f"'{OWNER}' is reserved for the current data owner")
+        if isinstance(entry, str):
+            entry = {"address": entry}
+        if not isinstance(entry, dict):
+            fail(where, "expected a table with address and data")
+        _unknown(entry, _WORKER_KEYS, where, fail)
+        address = entry.get("address")
+        if address is not None and (not isinstance(address, str) or ":" not in address):
+            fail(f"{where}.address", f"expected HOST:PORT, got {address!r}")
+        data = entry.get("data", {})
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            fail(f"{where}.data", "expected a table of dataset name = path")
+        workers[host] = WorkerConfig(
+            host,
+            address,
+            {k: (path.parent / v).resolve() for k, v in data.items()},
+            entry.get("server_name"),
+        )
+
+    training = raw.get("training", {})
+    if not isinstance(training, dict):
+        fail("training", "expected a table")
+    _unknown(training, _TRAINING_KEYS, "training", fail)
+    owners = training.get("owners")
+    if not isinstance(owners, list) or not owners or not all(isinstance(o, str) for o in owners):
+        fail("training.owners", "expected a list of host names")
+    for i, owner in enumerate(owners):
+        if owner not in workers:
+            fail(f"training.owners[{i}]", f"unknown host {owner!r}; hosts are {sorted(workers)}")
+    ints = {
+        "rounds": 1,
+        "epochs": 1,
+        "batch_size": 0,
+        "eval_every": 0,
+        "log_every": 1,
+        "checkpoint_every": 0,
+    }
+    values = {}
+    for key, default in ints.items():
+        value = training.get(key, default)
+        minimum = 1 if key in ("rounds", "epochs", "log_every") else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            fail(f"training.{key}", f"expected an integer >= {minimum}, got {value!r}")
+        values[key] = value
+    shuffle = training.get("shuffle", True)
+    if not isinstance(shuffle, bool):
+        fail("training.shuffle", f"expected true or false, got {shuffle!r}")
+    loss = training.get("loss", "cross_entropy")
+    if loss not in LOSS_KINDS:
+        fail("training.loss", f"expected one of {sorted(LOSS_KINDS)}, got {loss!r}")
+    dataset = training.get("dataset", "train")
+    test_dataset = training.get("test_dataset")
+    for key, value in (("dataset", dataset), ("test_dataset", test_dataset)):
+        if value is not None and (not isinstance(value, str) or not value):
+            fail(f"training.{key}", f"expected a dataset name, got {value!r}")
+
+    try:
+        optimizer = optim_specs.normalize(raw.get("optimizer"), "optimizer")
+    except InvalidArgument as err:
+        fail("optimizer", str(err).removeprefix("optimizer").lstrip(".: "))
+
+    segments_raw = raw.get("segments")
+    if not isinstance(segments_raw, list) or not segments_raw:
+        fail("segments", "expected one or more [[segments]] tables")
+    segments = []
+    for i, seg in enumerate(segments_raw):
+        where = f"segments[{i}]"
+        if not isinstance(seg, dict):
+            fail(where, "expected a table with host and layers")
+        _unknown(seg, {"host", "layers"}, where, fail)
+        host = seg.get("host")
+        if host != OWNER and host not in workers:
+            fail(
+                f"{where}.host",
+                f"unknown host {host!r}; expected '{OWNER}' or one of {sorted(workers)}",
+            )
+        try:
+            layer_specs.validate_spec(seg.get("layers"), where)
+        except InvalidArgument as err:
+            raise ConfigError(f"{path}: {err}") from None
+        segments.append(SegmentConfig(i, host, seg["layers"]))
+    for end, which in ((0, "first"), (-1, "last")):
+        if segments[end].host != OWNER:
+            fail(
+                f"segments[{len(segments) - 1 if end else 0}].host",
+                f"the {which} segment meets the data owner's "
+                f"{'raw data' if end == 0 else 'labels'}: expected '{OWNER}'",
+            )
+
+    config = Config(
+        path=path,
+        name=name,
+        seed=seed,
+        input_shape=input_shape,
+        workers=workers,
+        segments=segments,
+        optimizer=optimizer,
+        owners=owners,
+        shuffle=shuffle,
+        loss=loss,
+        dataset=dataset,
+        test_dataset=test_dataset,
+        raw=raw,
+        **values,
+    )
+    check_shapes(config)
+    return config
+
+
+def _unknown(table: dict, allowed: set, where: str, fail) -> None:
+    for key in table:
+        if key not in allowed:
+            prefix = f"{where}.{key}" if where else key
+            fail(prefix, f"unknown field; expected one of {sorted(allowed)}")
+
+
+def check_shapes(config: Config) -> None:
+    """Run a zero batch through the chain on the meta device: shapes must chain."""
+    x = torch.zeros([2, *config.input_shape], device="meta")
+    for segment in config.segments:
+        with torch.device("meta"):
+            module = layer_specs.build_segment(segment.layers, f"segments[{segment.index}]")
+        try:
+            x = module(x)
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(
+                f"{config.path}: segments[{segment.index}]: takes no input of shape "
+                f"{list(x.shape[1:])} (per row) from the segment before: {err}"
+            ) from None

@@ -1,0 +1,119 @@
+"""Start a config's workers as local processes on free ports, and stop them again.
+
+Each worker binds port 0 and prints the port it got, so no port is guessed.
+Workers are stopped by their own process ids, on success, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from splitnn.errors import SplitnnError
+
+_LISTENING = re.compile(r"listening on (\S+)")
+
+
+class LaunchError(SplitnnError):
+    """A local worker did not start."""
+
+
+@dataclass
+class LocalWorkers:
+    """A set of worker processes on loopback; use as a context manager."""
+
+    data: dict[str, dict[str, str]]  # host -> dataset name -> path
+    threads: int = 1
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    start_timeout: float = 60.0
+
+    def __post_init__(self):
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.addresses: dict[str, str] = {}
+        self.logs: dict[str, list[str]] = {}
+
+    def __enter__(self) -> LocalWorkers:
+        try:
+            for host in self.data:
+                self._start(host)
+            for host in self.data:
+                self._wait(host)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start(self, host: str) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.server",
+            "--name",
+            host,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            str(self.threads),
+            "--log-level",
+            "WARNING",
+        ]
+        for name, path in self.data[host].items():
+            cmd += ["--data", f"{name}={path}"]
+        cmd += self.extra_args.get(host, [])
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.processes[host] = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop them.
+        )
+        self.logs[host] = []
+
+    def _wait(self, host: str) -> None:
+        process = self.processes[host]
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                if process.poll() is not None:
+                    break
+                continue
+            self.logs[host].append(line.rstrip())
+            match = _LISTENING.search(line)
+            if match:
+                self.addresses[host] = match.group(1)
+                # Keep reading its output so the pipe never fills up.
+                threading.Thread(target=self._drain, args=(host,), daemon=True).start()
+                return
+        output = "\n".join(self.logs[host][-20:])
+        raise LaunchError(f"local worker {host} did not start:\n{output}")
+
+    def _drain(self, host: str) -> None:
+        process = self.processes.get(host)
+        if process is None:
+            return
+        for line in process.stdout:
+            self.logs[host].append(line.rstrip())
+
+    def stop(self) -> None:
+        """Stop every worker started here: SIGTERM, then SIGKILL after a grace period."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()

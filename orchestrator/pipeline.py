@@ -1,0 +1,137 @@
+"""One training step (or evaluation batch) through the chain of workers.
+
+Consecutive segments on one host form a stage and run in one call. Activations
+go forward stage by stage; the last stage, at the data owner, computes the loss
+against its own labels, backpropagates and steps; gradients then go back stage
+by stage, each stage stepping its optimizers right after its backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.client import WorkerClient
+from splitnn.losses import loss_kind
+from splitnn.v1 import worker_pb2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Consecutive segments on one host."""
+
+    host: str
+    segments: tuple[int, ...]
+
+
+def plan_stages(placement: list[str]) -> list[Stage]:
+    """Group a placement (host per segment) into stages of consecutive segments."""
+    stages: list[Stage] = []
+    for index, host in enumerate(placement):
+        if stages and stages[-1].host == host:
+            stages[-1] = Stage(host, stages[-1].segments + (index,))
+        else:
+            stages.append(Stage(host, (index,)))
+    return stages
+
+
+@dataclass
+class StepResult:
+    """The loss and accuracy counts of one batch."""
+
+    loss: float
+    correct: int
+    count: int
+
+
+class Pipeline:
+    """Drives batches through the stages of one owner's placement."""
+
+    def __init__(
+        self, clients: dict[str, WorkerClient], run_id: str, stages: list[Stage], loss: str
+    ):
+        self.clients = clients
+        self.run_id = run_id
+        self.stages = stages
+        self.loss_kind = loss_kind(loss)
+
+    def train_step(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
+        """Forward, loss, backward and step for one batch of the owner's rows."""
+        stages, run = self.stages, self.run_id
+        activation = None
+        for i, stage in enumerate(stages):
+            last = i == len(stages) - 1
+            op = worker_pb2.ForwardRequest(
+                run_id=run,
+                segments=stage.segments,
+                batch_id=batch_id,
+                mode=worker_pb2.FORWARD_MODE_TRAIN,
+            )
+            if i == 0:
+                op.data.dataset = dataset
+                op.data.indices.extend(rows)
+            if last:
+                op.loss.kind = self.loss_kind
+                op.loss.dataset = dataset
+                op.loss.indices.extend(rows)
+                op.step = True
+            reply = self.clients[stage.host].call("forward", op, activation, "input")
+            activation = reply.tensor
+        loss = reply.message.loss
+        grad = activation
+        for i in range(len(stages) - 2, -1, -1):
+            stage = stages[i]
+            op = worker_pb2.BackwardRequest(
+                run_id=run, segments=stage.segments, batch_id=batch_id, step=True
+            )
+            client = self.clients[stage.host]
+            if i == 0:
+                # Nothing flows back from the first stage: do not wait for its answer;
+                # the stream keeps it ordered before this worker's next op.
+                client.submit("backward", op, grad, "output_grad")
+            else:
+                grad = client.call("backward", op, grad, "output_grad").tensor
+        return StepResult(loss.loss, loss.correct, loss.count)
+
+    def evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
+        """Loss and accuracy of a batch, keeping no state on any worker."""
+        activation = None
+        for i, stage in enumerate(self.stages):
+            op = worker_pb2.ForwardRequest(
+                run_id=self.run_id,
+                segments=stage.segments,
+                batch_id=batch_id,
+                mode=worker_pb2.FORWARD_MODE_EVAL,
+            )
+            if i == 0:
+                op.data.dataset = dataset
+                op.data.indices.extend(rows)
+            if i == len(self.stages) - 1:
+                op.loss.kind = self.loss_kind
+                op.loss.dataset = dataset
+                op.loss.indices.extend(rows)
+            reply = self.clients[stage.host].call("forward", op, activation, "input")
+            activation = reply.tensor
+        loss = reply.message.loss
+        return StepResult(loss.loss, loss.correct, loss.count)
+
+    def predict(self, batch_id: int, dataset: str, rows: list[int]):
+        """The chain's outputs for some of the owner's rows (no state kept)."""
+        activation = None
+        for i, stage in enumerate(self.stages):
+            op = worker_pb2.ForwardRequest(
+                run_id=self.run_id,
+                segments=stage.segments,
+                batch_id=batch_id,
+                mode=worker_pb2.FORWARD_MODE_EVAL,
+                want_output=True,
+            )
+            if i == 0:
+                op.data.dataset = dataset
+                op.data.indices.extend(rows)
+            activation = self.clients[stage.host].call("forward", op, activation, "input").tensor
+        return activation
+
+    def flush(self) -> None:
+        """Wait until every worker has answered every op sent."""
+        for stage in self.stages:
+            self.clients[stage.host].drain()

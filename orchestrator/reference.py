@@ -1,0 +1,83 @@
+"""The same training in one process with plain PyTorch: the yardstick for equivalence.
+
+It walks the same schedule (owners, rounds, epochs, batches) on the same data,
+with one nn.Sequential of all segments and one optimizer over all parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orchestrator.config import Config
+from splitnn import layers as layer_specs
+from splitnn import optim as optim_specs
+from splitnn import schedule
+from splitnn.datasets import TOY_NAME, Dataset, builtin, load_npz
+from splitnn.losses import compute_loss
+
+
+def owner_dataset(config: Config, owner: str, name: str) -> Dataset:
+    """The dataset an owner's worker would serve under `name` (file or built-in)."""
+    path = config.workers[owner].data.get(name)
+    if path is not None:
+        return load_npz(name, path)
+    if name == TOY_NAME:
+        return builtin(TOY_NAME)
+    raise FileNotFoundError(f"no file for dataset {name!r} of {owner} in {config.path}")
+
+
+def build_model(config: Config) -> nn.Sequential:
+    """All segments in one nn.Sequential, built after manual_seed as the split run does."""
+    torch.manual_seed(config.seed)
+    return nn.Sequential(
+        *[layer_specs.build_segment(s.layers, f"segments[{s.index}]") for s in config.segments]
+    )
+
+
+def train_reference(config: Config, threads: int | None = 1) -> tuple[nn.Sequential, list[dict]]:
+    """Train the config in this process; return the model and per-epoch losses."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = build_model(config)
+        optimizer = optim_specs.build_optimizer(model.parameters(), config.optimizer)
+        data = {o: owner_dataset(config, o, config.dataset) for o in set(config.owners)}
+        history = []
+        for turn in schedule.turns(config.owners, config.rounds):
+            dataset = data[turn.owner]
+            for epoch in range(config.epochs):
+                losses = []
+                for rows in schedule.batches(
+                    config.seed, turn.index, epoch, dataset.rows, config.batch_size, config.shuffle
+                ):
+                    x, y = dataset.take(rows)
+                    model.train()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = compute_loss(config.loss, model(x), y)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+                history.append(
+                    {"owner": turn.owner, "epoch": epoch + 1, "loss": sum(losses) / len(losses)}
+                )
+        return model, history
+    finally:
+        torch.set_num_threads(previous)
+
+
+def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between two state dicts with the same keys."""
+    if set(a) != set(b):
+        raise KeyError(f"state keys differ: {sorted(set(a) ^ set(b))[:5]}")
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a) if a else 0.0
+
+
+def load_model_file(path: Path) -> dict[str, torch.Tensor]:
+    """A model.safetensors written by a run."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

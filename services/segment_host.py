@@ -1,0 +1,381 @@
+"""The worker's logic: hosted segments, their optimizers, and per-batch state.
+
+Plain Python, no gRPC: the servicer adapts requests to these methods, and the
+exceptions from splitnn.errors say which status code a failure gets. Every
+method either completes or leaves the host exactly as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from splitnn import layers as layer_specs
+from splitnn import optim as optim_specs
+from splitnn.datasets import Dataset
+from splitnn.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NumericalError,
+    ResourceExhausted,
+)
+from splitnn.losses import compute_loss, count_correct
+
+
+@dataclass
+class Limits:
+    """Caps that keep one caller from exhausting the worker."""
+
+    max_segments: int = 64
+    max_parameters: int = layer_specs.DEFAULT_MAX_PARAMETERS
+    max_pending_batches: int = 64
+    max_tensor_bytes: int = 1 << 30
+
+
+@dataclass
+class Segment:
+    """One hosted segment of a run's chain, with its own optimizer."""
+
+    run_id: str
+    index: int
+    layers: list
+    optimizer_spec: dict
+    module: nn.Sequential
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+@dataclass
+class PendingBatch:
+    """What Backward needs from a Forward: the input leaf and the output."""
+
+    input: torch.Tensor
+    output: torch.Tensor
+
+
+@dataclass
+class ForwardResult:
+    """What a forward call gives back: output, or input gradient and loss."""
+
+    output: torch.Tensor | None = None
+    input_grad: torch.Tensor | None = None
+    loss: float | None = None
+    correct: int = 0
+    count: int = 0
+
+
+@dataclass
+class SegmentHost:
+    """All segments a worker hosts, for every run, and its datasets."""
+
+    name: str
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self):
+        self._segments: dict[tuple[str, int], Segment] = {}
+        self._pending: dict[tuple, PendingBatch] = {}
+        self._lock = threading.RLock()
+
+    # ---- loading, export, drop -------------------------------------------------
+
+    def load_segment(
+        self,
+        run_id: str,
+        index: int,
+        layers: list,
+        optimizer_spec: dict,
+        state: dict[str, torch.Tensor] | None,
+        replace: bool = False,
+    ) -> Segment:
+        """Build a segment from its spec and state; nothing changes if any part is bad."""
+        _check_run_id(run_id)
+        where = f"segment {index}"
+        layer_specs.validate_spec(layers, where)
+        optimizer_spec = optim_specs.normalize(optimizer_spec, f"{where}.optimizer")
+        with self._lock:
+            key = (run_id, index)
+            if key in self._segments and not replace:
+                raise AlreadyExists(f"run {run_id!r} already has segment {index} here")
+            if key not in self._segments and len(self._segments) >= self.limits.max_segments:
+                raise ResourceExhausted(
+                    f"worker {self.name} already hosts {self.limits.max_segments} segments"
+                )
+        module = layer_specs.build_segment(layers, where, self.limits.max_parameters)
+        optimizer = optim_specs.build_optimizer(module.parameters(), optimizer_spec)
+        if state:
+            _load_state(module, optimizer, state, where)
+        segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
+        with self._lock:
+            self._drop_pending(run_id, index)
+            self._segments[key] = segment
+        return segment
+
+    def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
+        """The segment's weights, buffers and optimizer state as named tensors."""
+        with self._lock:
+            segment = self._segment(run_id, index)
+            state = {f"model.{k}": v for k, v in segment.module.state_dict().items()}
+            state.update(
+                {f"optim.{k}": v for k, v in optim_specs.export_state(segment.optimizer).items()}
+            )
+            return {k: v.detach().clone() for k, v in state.items()}
+
+    def drop_segment(self, run_id: str, index: int) -> None:
+        """Forget a segment and whatever batches it was part of."""
+        with self._lock:
+            self._segment(run_id, index)
+            del self._segments[(run_id, index)]
+            self._drop_pending(run_id, index)
+
+    def segments(self) -> list[Segment]:
+        """Hosted segments, ordered by run and index."""
+        with self._lock:
+            return [self._segments[k] for k in sorted(self._segments)]
+
+    def pending_count(self, run_id: str, index: int) -> int:
+        """Batches run forward through this segment and not yet backward."""
+        with self._lock:
+            return sum(1 for key in self._pending if key[0] == run_id and index in key[1])
+
+    # ---- the training path -----------------------------------------------------
+
+    def forward(
+        self,
+        run_id: str,
+        indices: list[int],
+        batch_id: int,
+        *,
+        train: bool = True,
+        input: torch.Tensor | None = None,
+        data: tuple[str, list[int]] | None = None,
+        loss: tuple[str, str, list[int]] | None = None,
+        step: bool = False,
+        want_output: bool = False,
+    ) -> ForwardResult:
+        """Run consecutive segments forward. With `loss`, also compute the loss against
+        this worker's labels and backpropagate (and step, if asked) in the same call."""
+        with self._lock:
+            chain = self._chain(run_id, indices)
+            key = (run_id, tuple(indices), batch_id)
+            if train and loss is None:
+                if key in self._pending:
+                    raise FailedPrecondition(
+                        f"batch {batch_id} is already in flight through segments {indices}"
+                    )
+                if len(self._pending) >= self.limits.max_pending_batches:
+                    raise ResourceExhausted(
+                        f"{len(self._pending)} batches await Backward on worker {self.name}"
+                    )
+            x = self._forward_input(chain, input, data)
+            target = self._labels(loss, x.shape[0]) if loss is not None else None
+            saved = _snapshot_buffers(chain)
+            try:
+                return self._run_forward(
+                    chain, key, x, data is None, train, target, loss, step, want_output
+                )
+            except Exception:
+                _restore_buffers(chain, saved)
+                for segment in chain:
+                    segment.module.zero_grad(set_to_none=True)
+                raise
+
+    def _run_forward(self, chain, key, x, needs_input_grad, train, target, loss, step, want_output):
+        for segment in chain:
+            segment.module.train(train)
+        if not train:
+            with torch.no_grad():
+                out = _apply(chain, x)
+            result = ForwardResult(output=out if want_output or loss is None else None)
+            if loss is not None:
+                loss_name, _, _ = loss
+                value = compute_loss(loss_name, out, target)
+                result.loss = float(value)
+                result.correct = count_correct(loss_name, out, target)
+                result.count = int(out.shape[0])
+            return result
+        leaf = x.detach().requires_grad_(needs_input_grad)
+        out = _apply(chain, leaf)
+        if loss is None:
+            self._pending[key] = PendingBatch(leaf, out)
+            return ForwardResult(output=out.detach())
+        loss_name, _, _ = loss
+        value = compute_loss(loss_name, out, target)
+        loss_value = float(value)
+        if not torch.isfinite(value):
+            raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
+        value.backward()
+        grad = leaf.grad if needs_input_grad else None
+        if grad is not None and not torch.isfinite(grad).all():
+            raise NumericalError(f"input gradient is not finite at batch {key[2]}")
+        if step:
+            _step(chain)
+        return ForwardResult(
+            input_grad=grad,
+            loss=loss_value,
+            correct=count_correct(loss_name, out.detach(), target),
+            count=int(out.shape[0]),
+        )
+
+    def backward(
+        self, run_id: str, indices: list[int], batch_id: int, output_grad: torch.Tensor, step: bool
+    ) -> torch.Tensor | None:
+        """Backpropagate `output_grad` through the segments of an earlier Forward."""
+        with self._lock:
+            chain = self._chain(run_id, indices)
+            key = (run_id, tuple(indices), batch_id)
+            pending = self._pending.get(key)
+            if pending is None:
+                raise FailedPrecondition(
+                    f"no Forward of batch {batch_id} through segments {indices} awaits Backward"
+                )
+            if output_grad.dtype != pending.output.dtype:
+                raise InvalidArgument(
+                    f"gradient dtype {output_grad.dtype} does not match output dtype "
+                    f"{pending.output.dtype}"
+                )
+            if output_grad.shape != pending.output.shape:
+                raise InvalidArgument(
+                    f"gradient shape {list(output_grad.shape)} does not match output shape "
+                    f"{list(pending.output.shape)}"
+                )
+            if not torch.isfinite(output_grad).all():
+                raise NumericalError(f"gradient for batch {batch_id} holds NaN or Inf")
+            pending.output.backward(output_grad)
+            del self._pending[key]
+            if step:
+                _step(chain)
+            return pending.input.grad if pending.input.requires_grad else None
+
+    def step(self, run_id: str, indices: list[int]) -> None:
+        """Apply each segment's optimizer to its accumulated gradients."""
+        with self._lock:
+            chain = self._chain(run_id, indices)
+            if self.has_pending(run_id, indices):
+                raise FailedPrecondition(
+                    f"segments {indices} still await Backward; Step would use partial gradients"
+                )
+            _step(chain)
+
+    def has_pending(self, run_id: str, indices: list[int]) -> bool:
+        """True while a batch through any of these segments awaits Backward."""
+        wanted = set(indices)
+        return any(k[0] == run_id and wanted & set(k[1]) for k in self._pending)
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _segment(self, run_id: str, index: int) -> Segment:
+        segment = self._segments.get((run_id, index))
+        if segment is None:
+            raise NotFound(f"worker {self.name} hosts no segment {index} of run {run_id!r}")
+        return segment
+
+    def _chain(self, run_id: str, indices: list[int]) -> list[Segment]:
+        _check_run_id(run_id)
+        if not indices:
+            raise InvalidArgument("no segments named")
+        if any(b != a + 1 for a, b in zip(indices, indices[1:], strict=False)):
+            raise InvalidArgument(f"segments {list(indices)} are not consecutive")
+        return [self._segment(run_id, i) for i in indices]
+
+    def _forward_input(self, chain, input, data) -> torch.Tensor:
+        if (input is None) == (data is None):
+            raise InvalidArgument("Forward needs exactly one of an input tensor or a data source")
+        if data is not None:
+            dataset_name, rows = data
+            x, _ = self.dataset(dataset_name).take(rows)
+            return x
+        expected = _param_dtype(chain[0])
+        if input.dtype != expected:
+            raise InvalidArgument(
+                f"input dtype {input.dtype} does not match segment dtype {expected}"
+            )
+        if input.dim() == 0:
+            raise InvalidArgument("input must have a batch dimension")
+        return input
+
+    def _labels(self, loss, batch_rows: int) -> torch.Tensor:
+        _, dataset_name, rows = loss
+        _, y = self.dataset(dataset_name).take(rows)
+        if y.shape[0] != batch_rows:
+            raise InvalidArgument(f"loss names {y.shape[0]} label rows for a batch of {batch_rows}")
+        return y
+
+    def dataset(self, name: str) -> Dataset:
+        """A dataset this worker holds, by name."""
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            raise NotFound(f"worker {self.name} has no dataset {name!r}")
+        return dataset
+
+    def _drop_pending(self, run_id: str, index: int) -> None:
+        for key in [k for k in self._pending if k[0] == run_id and index in k[1]]:
+            del self._pending[key]
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id or len(run_id) > 128:
+        raise InvalidArgument("run_id must be 1 to 128 characters")
+
+
+def _param_dtype(segment: Segment) -> torch.dtype:
+    for p in segment.module.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _apply(chain: list[Segment], x: torch.Tensor) -> torch.Tensor:
+    try:
+        for segment in chain:
+            x = segment.module(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise InvalidArgument(f"segment {segment.index} cannot take this input: {err}") from None
+    return x
+
+
+def _step(chain: list[Segment]) -> None:
+    for segment in chain:
+        segment.optimizer.step()
+        segment.optimizer.zero_grad(set_to_none=True)
+
+
+def _snapshot_buffers(chain: list[Segment]):
+    return [[b.detach().clone() for b in s.module.buffers()] for s in chain]
+
+
+def _restore_buffers(chain: list[Segment], saved) -> None:
+    with torch.no_grad():
+        for segment, buffers in zip(chain, saved, strict=True):
+            for buffer, value in zip(segment.module.buffers(), buffers, strict=True):
+                buffer.copy_(value)
+
+
+def _load_state(module: nn.Module, optimizer, state: dict[str, torch.Tensor], where: str) -> None:
+    model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    optim_state = {k[6:]: v for k, v in state.items() if k.startswith("optim.")}
+    unknown = [k for k in state if not k.startswith(("model.", "optim."))]
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown state entries {unknown[:3]}")
+    expected = module.state_dict()
+    for name, value in model_state.items():
+        if name in expected and (
+            value.shape != expected[name].shape or value.dtype != expected[name].dtype
+        ):
+            raise InvalidArgument(
+                f"{where}: state {name} has shape {list(value.shape)} {value.dtype}, expected "
+                f"{list(expected[name].shape)} {expected[name].dtype}"
+            )
+    try:
+        module.load_state_dict(model_state, strict=True)
+    except RuntimeError as err:
+        raise InvalidArgument(f"{where}: weights do not fit the spec: {err}") from None
+    if optim_state:
+        optim_specs.import_state(optimizer, optim_state)

@@ -1,0 +1,39 @@
+"""One place that builds gRPC servers and channels, with message size limits set."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+
+# Tensors are chunked at 1 MiB; a message is a chunk plus a small header.
+MAX_MESSAGE_BYTES = 16 << 20
+
+_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def create_server(address: str, max_workers: int = 16, interceptors=(), credentials=None):
+    """A server bound to `address` (port 0 picks a free one); returns (server, port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=_OPTIONS,
+        interceptors=list(interceptors),
+    )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+def create_channel(address: str, credentials=None, options=()) -> grpc.Channel:
+    """A channel to a worker with the same size limits as its server."""
+    opts = _OPTIONS + list(options)
+    if credentials is None:
+        return grpc.insecure_channel(address, options=opts)
+    return grpc.secure_channel(address, credentials, options=opts)

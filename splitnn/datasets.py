@@ -1,0 +1,77 @@
+"""A worker's own datasets: .npz files with arrays x and y, plus the built-in toy set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitnn.errors import InvalidArgument, NotFound
+
+TOY_NAME = "toy"
+
+
+def toy_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The seed's 16-row toy set: every combination of 4 binary features (row i holds
+    the bits of i, most significant first), labelled with its first feature."""
+    x = np.array([[(i >> (3 - b)) & 1 for b in range(4)] for i in range(16)], dtype=np.float32)
+    y = x[:, :1].copy()
+    return x, y
+
+
+@dataclass
+class Dataset:
+    """Rows a worker holds; the tensors never leave the worker."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows by index, checked against the dataset size."""
+        index = torch.as_tensor(list(indices), dtype=torch.int64)
+        if index.numel() == 0:
+            raise InvalidArgument(f"dataset {self.name!r}: no rows requested")
+        if int(index.min()) < 0 or int(index.max()) >= self.rows:
+            raise InvalidArgument(f"dataset {self.name!r}: row index outside 0..{self.rows - 1}")
+        return self.x.index_select(0, index), self.y.index_select(0, index)
+
+
+def load_npz(name: str, path: str | Path) -> Dataset:
+    """Load x and y from an .npz file, refusing pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"dataset {name!r}: no file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise InvalidArgument(f"dataset {name!r}: {path} must hold arrays 'x' and 'y'")
+            x, y = archive["x"], archive["y"]
+    except ValueError as err:
+        raise InvalidArgument(f"dataset {name!r}: cannot read {path}: {err}") from None
+    return from_arrays(name, x, y)
+
+
+def from_arrays(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+    """A dataset from numpy arrays: features as float32, labels as int64 or float32."""
+    if x.shape[0] != y.shape[0]:
+        raise InvalidArgument(f"dataset {name!r}: x has {x.shape[0]} rows, y has {y.shape[0]}")
+    if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
+        raise InvalidArgument(f"dataset {name!r}: x and y must be numeric arrays")
+    x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    y_np = np.ascontiguousarray(y)
+    y_t = torch.from_numpy(y_np.astype(np.float32 if y_np.dtype.kind == "f" else np.int64))
+    return Dataset(name, x_t, y_t)
+
+
+def builtin(name: str) -> Dataset:
+    """A dataset every worker has without a file."""
+    if name != TOY_NAME:
+        raise NotFound(f"no built-in dataset {name!r}")
+    return from_arrays(TOY_NAME, *toy_arrays())

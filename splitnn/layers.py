@@ -1,0 +1,273 @@
+"""Segments built from a declarative layer spec, through an allow-list of torch.nn layers.
+
+A spec is a list of dicts such as ``{"type": "Linear", "in_features": 4,
+"out_features": 3}``. Only the layers and arguments listed here can be built,
+and every argument is type-checked, so a spec that arrives over the network
+can describe a model but never run code of its own choosing. Sizes are checked
+on the meta device before any memory is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from splitnn.errors import InvalidArgument, ResourceExhausted
+from splitnn.v1 import worker_pb2
+
+INT, FLOAT, BOOL, STR, INTS = "int", "float", "bool", "str", "ints"
+# An argument may accept several kinds, e.g. kernel_size=3 or kernel_size=[3, 5].
+INT_OR_INTS = (INT, INTS)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """A layer the worker may build, and the keyword arguments it accepts."""
+
+    factory: type
+    args: dict  # name -> tuple of accepted kinds
+    required: tuple = ()
+    choices: dict | None = None  # name -> allowed string values
+
+
+def _k(*kinds):
+    return tuple(kinds)
+
+
+ALLOWED_LAYERS: dict[str, LayerKind] = {
+    "Linear": LayerKind(
+        nn.Linear,
+        {"in_features": _k(INT), "out_features": _k(INT), "bias": _k(BOOL)},
+        ("in_features", "out_features"),
+    ),
+    "Conv2d": LayerKind(
+        nn.Conv2d,
+        {
+            "in_channels": _k(INT),
+            "out_channels": _k(INT),
+            "kernel_size": INT_OR_INTS,
+            "stride": INT_OR_INTS,
+            "padding": _k(INT, INTS, STR),
+            "dilation": INT_OR_INTS,
+            "groups": _k(INT),
+            "bias": _k(BOOL),
+            "padding_mode": _k(STR),
+        },
+        ("in_channels", "out_channels", "kernel_size"),
+        {
+            "padding": ("same", "valid"),
+            "padding_mode": ("zeros", "reflect", "replicate", "circular"),
+        },
+    ),
+    "MaxPool2d": LayerKind(
+        nn.MaxPool2d,
+        {
+            "kernel_size": INT_OR_INTS,
+            "stride": INT_OR_INTS,
+            "padding": INT_OR_INTS,
+            "dilation": INT_OR_INTS,
+            "ceil_mode": _k(BOOL),
+        },
+        ("kernel_size",),
+    ),
+    "AvgPool2d": LayerKind(
+        nn.AvgPool2d,
+        {
+            "kernel_size": INT_OR_INTS,
+            "stride": INT_OR_INTS,
+            "padding": INT_OR_INTS,
+            "ceil_mode": _k(BOOL),
+            "count_include_pad": _k(BOOL),
+        },
+        ("kernel_size",),
+    ),
+    "AdaptiveAvgPool2d": LayerKind(
+        nn.AdaptiveAvgPool2d, {"output_size": INT_OR_INTS}, ("output_size",)
+    ),
+    "Flatten": LayerKind(nn.Flatten, {"start_dim": _k(INT), "end_dim": _k(INT)}),
+    "ReLU": LayerKind(nn.ReLU, {}),
+    "LeakyReLU": LayerKind(nn.LeakyReLU, {"negative_slope": _k(FLOAT, INT)}),
+    "Tanh": LayerKind(nn.Tanh, {}),
+    "Sigmoid": LayerKind(nn.Sigmoid, {}),
+    "GELU": LayerKind(nn.GELU, {"approximate": _k(STR)}, (), {"approximate": ("none", "tanh")}),
+    "Softmax": LayerKind(nn.Softmax, {"dim": _k(INT)}, ("dim",)),
+    "LogSoftmax": LayerKind(nn.LogSoftmax, {"dim": _k(INT)}, ("dim",)),
+    "Identity": LayerKind(nn.Identity, {}),
+    "Dropout": LayerKind(nn.Dropout, {"p": _k(FLOAT, INT)}),
+    "BatchNorm1d": LayerKind(
+        nn.BatchNorm1d,
+        {
+            "num_features": _k(INT),
+            "eps": _k(FLOAT),
+            "momentum": _k(FLOAT),
+            "affine": _k(BOOL),
+            "track_running_stats": _k(BOOL),
+        },
+        ("num_features",),
+    ),
+    "BatchNorm2d": LayerKind(
+        nn.BatchNorm2d,
+        {
+            "num_features": _k(INT),
+            "eps": _k(FLOAT),
+            "momentum": _k(FLOAT),
+            "affine": _k(BOOL),
+            "track_running_stats": _k(BOOL),
+        },
+        ("num_features",),
+    ),
+    "LayerNorm": LayerKind(
+        nn.LayerNorm,
+        {
+            "normalized_shape": INT_OR_INTS,
+            "eps": _k(FLOAT),
+            "elementwise_affine": _k(BOOL),
+            "bias": _k(BOOL),
+        },
+        ("normalized_shape",),
+    ),
+}
+
+MAX_LAYERS_PER_SEGMENT = 256
+MAX_INT_ARG = 1 << 24
+DEFAULT_MAX_PARAMETERS = 200_000_000
+
+
+def _kind_of(value) -> str | None:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, int):
+        return INT
+    if isinstance(value, float):
+        return FLOAT
+    if isinstance(value, str):
+        return STR
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return INTS
+    return None
+
+
+def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
+    """Check one layer dict against the allow-list; return its kind and keyword args."""
+    if not isinstance(layer, dict):
+        raise InvalidArgument(
+            f"{where}: expected a table with a 'type', got {type(layer).__name__}"
+        )
+    layer_type = layer.get("type")
+    if layer_type not in ALLOWED_LAYERS:
+        allowed = ", ".join(sorted(ALLOWED_LAYERS))
+        raise InvalidArgument(f"{where}: unknown layer type {layer_type!r}; allowed: {allowed}")
+    kind = ALLOWED_LAYERS[layer_type]
+    args = {k: v for k, v in layer.items() if k != "type"}
+    for name, value in args.items():
+        if name not in kind.args:
+            accepted = ", ".join(kind.args) or "no arguments"
+            raise InvalidArgument(
+                f"{where}: {layer_type} has no argument {name!r} (accepts {accepted})"
+            )
+        value_kind = _kind_of(value)
+        if value_kind == INT and FLOAT in kind.args[name] and INT not in kind.args[name]:
+            value_kind = FLOAT
+        if value_kind not in kind.args[name]:
+            raise InvalidArgument(
+                f"{where}: {layer_type}.{name} must be {' or '.join(kind.args[name])}, "
+                f"got {value!r}"
+            )
+        if value_kind == INT and not -MAX_INT_ARG <= value <= MAX_INT_ARG:
+            raise InvalidArgument(f"{where}: {layer_type}.{name}={value} is out of range")
+        if value_kind == INTS:
+            if not 1 <= len(value) <= 4 or any(not -MAX_INT_ARG <= v <= MAX_INT_ARG for v in value):
+                raise InvalidArgument(f"{where}: {layer_type}.{name}={value!r} is out of range")
+            args[name] = tuple(value)
+        if value_kind == STR:
+            choices = (kind.choices or {}).get(name)
+            if choices is None or value not in choices:
+                raise InvalidArgument(
+                    f"{where}: {layer_type}.{name}={value!r} is not one of {choices}"
+                )
+        if value_kind == FLOAT:
+            args[name] = float(value)
+    missing = [name for name in kind.required if name not in args]
+    if missing:
+        raise InvalidArgument(f"{where}: {layer_type} needs {', '.join(missing)}")
+    return kind, args
+
+
+def validate_spec(layers: list, where: str = "segment") -> None:
+    """Check a whole segment spec without building it."""
+    if not isinstance(layers, list) or not layers:
+        raise InvalidArgument(f"{where}: layers must be a non-empty list")
+    if len(layers) > MAX_LAYERS_PER_SEGMENT:
+        raise InvalidArgument(f"{where}: more than {MAX_LAYERS_PER_SEGMENT} layers")
+    for i, layer in enumerate(layers):
+        validate_layer(layer, f"{where}.layers[{i}]")
+
+
+def _construct(layers: list, where: str) -> nn.Sequential:
+    modules = []
+    for i, layer in enumerate(layers):
+        kind, args = validate_layer(layer, f"{where}.layers[{i}]")
+        try:
+            modules.append(kind.factory(**args))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InvalidArgument(f"{where}.layers[{i}]: {layer['type']}: {err}") from None
+    return nn.Sequential(*modules)
+
+
+def count_parameters(layers: list, where: str = "segment") -> int:
+    """Parameter count of a spec, computed on the meta device (allocates nothing)."""
+    validate_spec(layers, where)
+    with torch.device("meta"):
+        module = _construct(layers, where)
+    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
+
+
+def build_segment(
+    layers: list, where: str = "segment", max_parameters: int = DEFAULT_MAX_PARAMETERS
+) -> nn.Sequential:
+    """Build a segment as nn.Sequential, in layer order (so the global RNG is used as
+    plain PyTorch code building the same layers would use it)."""
+    size = count_parameters(layers, where)
+    if size > max_parameters:
+        raise ResourceExhausted(
+            f"{where}: {size} parameters exceed this worker's cap of {max_parameters}"
+        )
+    return _construct(layers, where)
+
+
+def layer_to_proto(layer: dict) -> worker_pb2.LayerSpec:
+    """A layer dict as a LayerSpec message."""
+    spec = worker_pb2.LayerSpec(type=layer["type"])
+    for name, value in layer.items():
+        if name == "type":
+            continue
+        arg = spec.args[name]
+        if isinstance(value, bool):
+            arg.bool_value = value
+        elif isinstance(value, int):
+            arg.int_value = value
+        elif isinstance(value, float):
+            arg.float_value = value
+        elif isinstance(value, str):
+            arg.string_value = value
+        elif isinstance(value, list | tuple):
+            arg.ints_value.values.extend(int(v) for v in value)
+        else:
+            raise InvalidArgument(f"{layer['type']}.{name}: cannot encode {value!r}")
+    return spec
+
+
+def layer_from_proto(spec: worker_pb2.LayerSpec) -> dict:
+    """A LayerSpec message as a layer dict (not yet validated)."""
+    layer: dict = {"type": spec.type}
+    for name, arg in spec.args.items():
+        which = arg.WhichOneof("kind")
+        if which is None:
+            raise InvalidArgument(f"{spec.type}.{name}: argument has no value")
+        value = getattr(arg, which)
+        layer[name] = list(value.values) if which == "ints_value" else value
+    return layer

@@ -1,0 +1,69 @@
+"""Loss functions computed at the data owner, against its own labels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from splitnn.errors import InvalidArgument
+from splitnn.v1 import worker_pb2
+
+LOSS_KINDS = {
+    "sum_squared_error": worker_pb2.LOSS_KIND_SUM_SQUARED_ERROR,
+    "mse": worker_pb2.LOSS_KIND_MEAN_SQUARED_ERROR,
+    "cross_entropy": worker_pb2.LOSS_KIND_CROSS_ENTROPY,
+    "bce": worker_pb2.LOSS_KIND_BINARY_CROSS_ENTROPY,
+    "bce_with_logits": worker_pb2.LOSS_KIND_BINARY_CROSS_ENTROPY_WITH_LOGITS,
+}
+LOSS_NAMES = {v: k for k, v in LOSS_KINDS.items()}
+
+
+def loss_kind(name: str, where: str = "loss") -> int:
+    """The wire enum for a loss name; InvalidArgument when unknown."""
+    if name not in LOSS_KINDS:
+        raise InvalidArgument(f"{where}: {name!r} is not one of {sorted(LOSS_KINDS)}")
+    return LOSS_KINDS[name]
+
+
+def compute_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of a batch, exactly as the single-process reference computes it."""
+    if name == "cross_entropy":
+        if target.dtype.is_floating_point or target.dim() != 1 or output.dim() != 2:
+            raise InvalidArgument(
+                "cross_entropy needs [N, C] outputs and integer [N] labels, got "
+                f"{list(output.shape)} and {target.dtype} {list(target.shape)}"
+            )
+        if target.shape[0] != output.shape[0]:
+            raise InvalidArgument("cross_entropy: outputs and labels disagree on batch size")
+        if target.numel() and (target.min() < 0 or target.max() >= output.shape[1]):
+            raise InvalidArgument(f"cross_entropy: labels outside 0..{output.shape[1] - 1}")
+        return F.cross_entropy(output, target)
+    target = target.to(output.dtype)
+    if target.shape != output.shape:
+        if target.dim() == 1 and output.dim() == 2 and output.shape[1] == 1:
+            target = target.unsqueeze(1)
+        else:
+            raise InvalidArgument(
+                f"{name}: output shape {list(output.shape)} does not match labels "
+                f"{list(target.shape)}"
+            )
+    if name == "sum_squared_error":
+        return ((output - target) ** 2).sum()
+    if name == "mse":
+        return F.mse_loss(output, target)
+    if name == "bce":
+        return F.binary_cross_entropy(output, target)
+    if name == "bce_with_logits":
+        return F.binary_cross_entropy_with_logits(output, target)
+    raise InvalidArgument(f"unknown loss {name!r}")
+
+
+def count_correct(name: str, output: torch.Tensor, target: torch.Tensor) -> int:
+    """Correct predictions in a batch: argmax for classes, a threshold for one output."""
+    with torch.no_grad():
+        if output.dim() == 2 and output.shape[1] > 1:
+            labels = target if target.dim() == 1 else target.argmax(dim=1)
+            return int((output.argmax(dim=1) == labels.long()).sum())
+        threshold = 0.0 if name == "bce_with_logits" else 0.5
+        predicted = output.reshape(-1) > threshold
+        return int((predicted == (target.reshape(-1).float() > 0.5)).sum())
