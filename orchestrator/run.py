@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from orchestrator.client import WorkerClient
-from orchestrator.config import Config
+from orchestrator.config import Config, ConfigError
 from orchestrator.local_workers import LocalWorkers
 from orchestrator.trainer import Trainer
 
@@ -24,7 +24,7 @@ def connected_workers(config: Config, local: bool, threads: int = 1, connect_tim
             addresses = {}
             for host, worker in config.workers.items():
                 if worker.address is None:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{config.path}: workers.{host}.address is needed without --local"
                     )
                 addresses[host] = worker.address

@@ -182,8 +182,11 @@ def format_table(summary: Summary, max_class_columns: int = 20) -> str:
         cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
         return "  ".join(cells).rstrip()
 
+    name = summary.dataset
+    if summary.source != name:
+        name = f"{name} ({summary.source})"
     title = (
-        f"{summary.dataset} ({summary.source}), partition {summary.partition}, "
+        f"{name}, partition {summary.partition}, "
         f"seed {summary.seed}, {k} classes, sample shape {summary.sample_shape}"
     )
     rule = "-" * len(fmt(header))
