@@ -101,23 +101,32 @@ class SegmentHost:
         where = f"segment {index}"
         layer_specs.validate_spec(layers, where)
         optimizer_spec = optim_specs.normalize(optimizer_spec, f"{where}.optimizer")
+        key = (run_id, index)
         with self._lock:
-            key = (run_id, index)
-            if key in self._segments and not replace:
-                raise AlreadyExists(f"run {run_id!r} already has segment {index} here")
-            if key not in self._segments and len(self._segments) >= self.limits.max_segments:
-                raise ResourceExhausted(
-                    f"worker {self.name} already hosts {self.limits.max_segments} segments"
-                )
+            self._check_slot(key, replace)
         module = layer_specs.build_segment(layers, where, self.limits.max_parameters)
-        optimizer = optim_specs.build_optimizer(module.parameters(), optimizer_spec)
+        # One explicit param group: torch refuses a bare empty parameter list, and a
+        # parameter-free segment (Identity, ReLU, Flatten...) is legitimate.
+        optimizer = optim_specs.build_optimizer(
+            [{"params": list(module.parameters())}], optimizer_spec
+        )
         if state:
             _load_state(module, optimizer, state, where)
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
+            self._check_slot(key, replace)  # again: another load may have won meanwhile
             self._drop_pending(run_id, index)
             self._segments[key] = segment
         return segment
+
+    def _check_slot(self, key: tuple[str, int], replace: bool) -> None:
+        run_id, index = key
+        if key in self._segments and not replace:
+            raise AlreadyExists(f"run {run_id!r} already has segment {index} here")
+        if key not in self._segments and len(self._segments) >= self.limits.max_segments:
+            raise ResourceExhausted(
+                f"worker {self.name} already hosts {self.limits.max_segments} segments"
+            )
 
     def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
         """The segment's weights, buffers and optimizer state as named tensors."""
@@ -178,14 +187,17 @@ class SegmentHost:
             x = self._forward_input(chain, input, data)
             target = self._labels(loss, x.shape[0]) if loss is not None else None
             saved = _snapshot_buffers(chain)
+            # Only a training forward with a loss touches gradients before it can fail;
+            # gradients accumulated by earlier batches must survive a refused one.
+            grads = _snapshot_grads(chain) if train and loss is not None else None
             try:
                 return self._run_forward(
                     chain, key, x, data is None, train, target, loss, step, want_output
                 )
             except Exception:
                 _restore_buffers(chain, saved)
-                for segment in chain:
-                    segment.module.zero_grad(set_to_none=True)
+                if grads is not None:
+                    _restore_grads(chain, grads)
                 raise
 
     def _run_forward(self, chain, key, x, needs_input_grad, train, target, loss, step, want_output):
@@ -249,7 +261,8 @@ class SegmentHost:
                 )
             if not torch.isfinite(output_grad).all():
                 raise NumericalError(f"gradient for batch {batch_id} holds NaN or Inf")
-            pending.output.backward(output_grad)
+            if pending.output.requires_grad:  # no graph: parameter-free chain on own data
+                pending.output.backward(output_grad)
             del self._pending[key]
             if step:
                 _step(chain)
@@ -351,6 +364,19 @@ def _snapshot_buffers(chain: list[Segment]):
     return [[b.detach().clone() for b in s.module.buffers()] for s in chain]
 
 
+def _snapshot_grads(chain: list[Segment]):
+    return [
+        [None if p.grad is None else p.grad.detach().clone() for p in s.module.parameters()]
+        for s in chain
+    ]
+
+
+def _restore_grads(chain: list[Segment], saved) -> None:
+    for segment, grads in zip(chain, saved, strict=True):
+        for param, grad in zip(segment.module.parameters(), grads, strict=True):
+            param.grad = grad
+
+
 def _restore_buffers(chain: list[Segment], saved) -> None:
     with torch.no_grad():
         for segment, buffers in zip(chain, saved, strict=True):
@@ -378,4 +404,16 @@ def _load_state(module: nn.Module, optimizer, state: dict[str, torch.Tensor], wh
     except RuntimeError as err:
         raise InvalidArgument(f"{where}: weights do not fit the spec: {err}") from None
     if optim_state:
+        # torch's optimizer load does not check shapes; a misfit would only fail at step.
+        params = list(module.parameters())
+        for name, value in optim_state.items():
+            index_text, _, key = name.partition(".")
+            if not index_text.isdigit() or int(index_text) >= len(params) or value.dim() == 0:
+                continue  # import_state refuses what does not name a parameter
+            param = params[int(index_text)]
+            if value.shape != param.shape:
+                raise InvalidArgument(
+                    f"{where}: optimizer state {name} has shape {list(value.shape)}, "
+                    f"expected {list(param.shape)}"
+                )
         optim_specs.import_state(optimizer, optim_state)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench.baselines import run_local, run_rpc
-from bench.models import mnist_mlp_job, seed_job
+# `bench` is not an installed package; make the repo root importable under plain `pytest`.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from bench.baselines import run_local, run_rpc  # noqa: E402
+from bench.models import mnist_mlp_job, seed_job  # noqa: E402
 
 STEPS, WARMUP = 6, 2
 

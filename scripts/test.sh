@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up from scratch, lint, and run the whole test suite (what CI runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+PY=${PYTHON:-python3}
+$PY -m ruff check .
+$PY -m ruff format --check .
+$PY -m pytest -q -p no:cacheprovider "$@"

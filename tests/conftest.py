@@ -1,0 +1,59 @@
+"""Shared fixtures: an in-process worker (real gRPC server on a free loopback port)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import grpc
+import pytest
+
+# Make the repository root importable under a plain `pytest` run.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from services.segment_host import Limits, SegmentHost  # noqa: E402
+from services.servicer import WorkerServicer  # noqa: E402
+from splitnn import codec  # noqa: E402
+from splitnn.channels import create_channel, create_server  # noqa: E402
+from splitnn.datasets import TOY_NAME, builtin  # noqa: E402
+from splitnn.v1 import worker_pb2_grpc  # noqa: E402
+
+
+class RunningWorker(NamedTuple):
+    """A worker serving in this process: its host object, a stub on it, its address."""
+
+    host: SegmentHost
+    stub: worker_pb2_grpc.WorkerServiceStub
+    address: str
+
+
+def start_worker(name: str = "alice", limits: Limits | None = None):
+    """Start a worker on 127.0.0.1:0; returns (RunningWorker, stop function)."""
+    host = SegmentHost(name, {TOY_NAME: builtin(TOY_NAME)}, limits or Limits())
+    server, port = create_server("127.0.0.1:0")
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES), server
+    )
+    server.start()
+    address = f"127.0.0.1:{port}"
+    channel = create_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+
+    def stop() -> None:
+        channel.close()
+        server.stop(grace=None).wait(timeout=10)
+
+    return RunningWorker(host, worker_pb2_grpc.WorkerServiceStub(channel), address), stop
+
+
+@pytest.fixture
+def worker():
+    """A fresh in-process worker named alice with the built-in toy dataset."""
+    running, stop = start_worker()
+    try:
+        yield running
+    finally:
+        stop()
