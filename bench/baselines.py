@@ -134,6 +134,7 @@ def _rpc_process(
     num_worker_threads: int,
     rpc_timeout: float,
     return_state: bool,
+    backend_kwargs: dict[str, Any],
     results: Any,
 ) -> None:
     """Entry point of every rpc process; rank 0 (the data owner) drives training."""
@@ -151,6 +152,7 @@ def _rpc_process(
             num_worker_threads=num_worker_threads,
             rpc_timeout=rpc_timeout,
             init_method=f"tcp://127.0.0.1:{port}",
+            **backend_kwargs,
         )
         rpc.init_rpc(
             hosts[rank],
@@ -242,6 +244,7 @@ def run_rpc(
     num_worker_threads: int = 4,
     rpc_timeout: float = 60.0,
     timeout: float = 300.0,
+    backend_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the job split over one spawned process per host with torch.distributed.rpc.
 
@@ -249,7 +252,8 @@ def run_rpc(
     process. Other hosts are rpc workers holding their segments as ``rpc.remote`` modules.
     Runs of consecutive segments on one host are one call. Timing is taken in the driver.
     ``timeout`` bounds the whole run (process start-up included); on any error or timeout
-    every child process is killed by pid.
+    every child process is killed by pid. ``backend_kwargs`` go to
+    ``TensorPipeRpcBackendOptions`` as they are (e.g. ``_transports=["uv"]``).
     """
     hosts = job.hosts
     world_size = len(hosts)
@@ -274,6 +278,7 @@ def run_rpc(
                     num_worker_threads,
                     rpc_timeout,
                     return_state,
+                    dict(backend_kwargs or {}),
                     results,
                 ),
                 name=f"rpc-{hosts[rank]}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import load_config
-from orchestrator.pipeline import Pipeline, plan_stages
 from orchestrator.reference import (
     load_model_file,
     max_weight_difference,
@@ -14,6 +13,7 @@ from orchestrator.reference import (
 )
 from orchestrator.run import connected_workers
 from orchestrator.trainer import Trainer
+from splitnn.pipeline import Pipeline, plan_stages
 
 
 def run_demo(config_path: Path, out_dir: Path) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from orchestrator.client import WorkerClient
 from orchestrator.config import Config, ConfigError
 from orchestrator.local_workers import LocalWorkers
 from orchestrator.trainer import Trainer
+from splitnn.client import WorkerClient
 
 
 @contextlib.contextmanager

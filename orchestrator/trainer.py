@@ -11,13 +11,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from orchestrator.client import WorkerClient
 from orchestrator.config import Config
 from orchestrator.outputs import MetricsLog, model_state, save_model, write_report
-from orchestrator.pipeline import Pipeline, plan_stages
 from splitnn import layers as layer_specs
 from splitnn import schedule
+from splitnn.client import WorkerClient
 from splitnn.errors import SplitnnError
+from splitnn.losses import loss_kind
+from splitnn.pipeline import Pipeline, plan_stages
+from splitnn.v1 import worker_pb2
+
+# Rows of batch indices sent in one Drive call (keeps requests well under the limit).
+MAX_ROWS_PER_CALL = 1_000_000
 
 
 class RunError(SplitnnError):
@@ -53,6 +58,9 @@ class Trainer:
     out_dir: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     show_progress: bool | None = None
+    # relay: the orchestrator carries every activation between workers (one
+    # more hop per stage); otherwise the owner's worker drives the chain.
+    relay: bool = False
     on_epoch: Callable[[dict], None] | None = None
 
     def __post_init__(self):
@@ -151,37 +159,92 @@ class Trainer:
         config, owner = self.config, turn.owner
         placement = config.placement(owner)
         self._hand_over(placement)
-        pipeline = Pipeline(self.clients, self.run_id, plan_stages(placement), config.loss)
+        stages = plan_stages(placement)
+        pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
         self.progress.owner, self.progress.turn = owner, turn.index
-        for epoch in range(config.epochs):
-            self.progress.epoch = epoch
-            total_loss, correct, count, n = 0.0, 0, 0, 0
-            for rows in schedule.batches(
-                config.seed, turn.index, epoch, self.rows[owner], config.batch_size, config.shuffle
-            ):
-                self.progress.step += 1
-                result = pipeline.train_step(self.progress.step, config.dataset, rows)
-                total_loss += result.loss
-                correct += result.correct
-                count += result.count
-                n += 1
-                bar.update(1)
-            pipeline.flush()
-            record = {
-                "owner": owner,
-                "round": turn.round,
-                "turn": turn.index,
-                "epoch": epoch + 1,
-                "step": self.progress.step,
-                "loss": total_loss / n,
-                "accuracy": correct / count if count else None,
-            }
-            self.final_loss[owner] = record["loss"]
-            bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{record['loss']:.4f}")
-            if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
-                metrics.write(record)
-            if self.on_epoch is not None:
-                self.on_epoch(record)
+        epoch = 0
+        while epoch < config.epochs:
+            group = self._epoch_group(turn, owner, epoch)
+            flat = [rows for batches in group for rows in batches]
+            first_id = self.progress.step + 1
+            if self.relay:
+                results = self._relay(pipeline, first_id, flat)
+            else:
+                results = self._drive(owner, stages, first_id, flat)
+            results = iter(results)
+            for batches in group:
+                self.progress.epoch = epoch
+                total_loss, correct, count = 0.0, 0, 0
+                for _ in batches:
+                    result = next(results)
+                    self.progress.step += 1
+                    total_loss += result.loss
+                    correct += result.correct
+                    count += result.count
+                    bar.update(1)
+                self._end_epoch(turn, epoch, total_loss / len(batches), correct, count, metrics)
+                bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{self.final_loss[owner]:.4f}")
+                epoch += 1
+            for _ in results:  # let the stream finish (flush on the relay path)
+                pass
+
+    def _epoch_group(self, turn: schedule.Turn, owner: str, start: int) -> list[list[list[int]]]:
+        """Batches of the epochs sent in one go: up to the end of the turn, or until the
+        rows sent reach MAX_ROWS_PER_CALL."""
+        config, group, rows = self.config, [], 0
+        for epoch in range(start, config.epochs):
+            if group and rows + self.rows[owner] > MAX_ROWS_PER_CALL:
+                break
+            group.append(
+                schedule.batches(
+                    config.seed,
+                    turn.index,
+                    epoch,
+                    self.rows[owner],
+                    config.batch_size,
+                    config.shuffle,
+                )
+            )
+            rows += self.rows[owner]
+        return group
+
+    def _end_epoch(self, turn, epoch: int, loss: float, correct: int, count: int, metrics) -> None:
+        config = self.config
+        record = {
+            "owner": turn.owner,
+            "round": turn.round,
+            "turn": turn.index,
+            "epoch": epoch + 1,
+            "step": self.progress.step,
+            "loss": loss,
+            "accuracy": correct / count if count else None,
+        }
+        self.final_loss[turn.owner] = loss
+        if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
+            metrics.write(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+    def _relay(self, pipeline: Pipeline, first_id: int, batches):
+        for offset, rows in enumerate(batches):
+            yield pipeline.train_step(first_id + offset, self.config.dataset, rows)
+        pipeline.flush()
+
+    def _drive(self, owner: str, stages, first_id: int, batches):
+        request = worker_pb2.DriveRequest(
+            run_id=self.run_id,
+            loss=loss_kind(self.config.loss),
+            dataset=self.config.dataset,
+            mode=worker_pb2.FORWARD_MODE_TRAIN,
+        )
+        for stage in stages:
+            request.stages.add(
+                host=stage.host, segments=stage.segments, address=self.clients[stage.host].address
+            )
+        for offset, rows in enumerate(batches):
+            request.batches.add(batch_id=first_id + offset, indices=rows)
+        for result in self.clients[owner].drive(request):
+            yield result.loss
 
     def _report(self, wall_time: float) -> dict:
         return {

@@ -10,10 +10,13 @@ import logging
 
 import grpc
 
-from services.segment_host import ForwardResult, SegmentHost
+from services import ops
+from services.driver import Driver
+from services.segment_host import SegmentHost
 from splitnn import codec
 from splitnn import layers as layer_specs
 from splitnn import optim as optim_specs
+from splitnn.client import WorkerError
 from splitnn.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -25,7 +28,6 @@ from splitnn.errors import (
     SplitnnError,
     Unauthenticated,
 )
-from splitnn.losses import LOSS_NAMES
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("splitnn.worker")
@@ -54,6 +56,8 @@ def status_code(err: Exception) -> grpc.StatusCode:
 def _errors_to_status(context: grpc.ServicerContext):
     try:
         yield
+    except WorkerError as err:  # a peer this worker called (when driving) failed
+        context.abort(err.code or grpc.StatusCode.UNAVAILABLE, str(err))
     except SplitnnError as err:
         context.abort(status_code(err), f"{type(err).__name__}: {err}")
     except grpc.RpcError:
@@ -89,17 +93,6 @@ def _ops(requests, unwrap, max_bytes):
         raise InvalidArgument("stream ended before the tensor's last chunk")
 
 
-def _chunked(make, field: str, tensor, first: dict, chunk_bytes: int):
-    """Response messages for an op: the first carries `first`, each carries a chunk."""
-    if tensor is None:
-        yield make(**first)
-        return
-    for i, chunk in enumerate(codec.encode(tensor, chunk_bytes)):
-        fields = dict(first) if i == 0 else {"batch_id": first.get("batch_id", 0)}
-        fields[field] = chunk
-        yield make(**fields)
-
-
 def _unwrap_forward(msg):
     return msg, "input"
 
@@ -119,12 +112,22 @@ def _unwrap_exchange(msg):
     raise InvalidArgument("Exchange message carries no op")
 
 
+_KIND_OF = {
+    worker_pb2.ForwardRequest: "forward",
+    worker_pb2.BackwardRequest: "backward",
+    worker_pb2.StepRequest: "step",
+}
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Adapts WorkerService RPCs to a SegmentHost."""
 
-    def __init__(self, host: SegmentHost, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self, host: SegmentHost, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES, driver=None
+    ):
         self.host = host
         self.chunk_bytes = chunk_bytes
+        self.driver = driver if driver is not None else Driver(host)
 
     # ---- segment lifecycle -----------------------------------------------------
 
@@ -189,76 +192,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(request_iterator, _unwrap_forward, max_bytes):
-                yield from self._forward(op, tensor)
+                yield from self._answer(ops.apply_forward(self.host, op, tensor))
 
     def Backward(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(request_iterator, _unwrap_backward, max_bytes):
-                yield from self._backward(op, tensor)
+                yield from self._answer(ops.apply_backward(self.host, op, tensor))
 
     def Step(self, request, context):
         with _errors_to_status(context):
-            self.host.step(request.run_id, list(request.segments))
-            return worker_pb2.StepResponse(batch_id=request.batch_id)
+            head, _, _ = ops.apply_step(self.host, request)
+            return head
 
     def Exchange(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(request_iterator, _unwrap_exchange, max_bytes):
-                if isinstance(op, worker_pb2.ForwardRequest):
-                    for r in self._forward(op, tensor):
-                        yield worker_pb2.ExchangeResponse(forward=r)
-                elif isinstance(op, worker_pb2.BackwardRequest):
-                    for r in self._backward(op, tensor):
-                        yield worker_pb2.ExchangeResponse(backward=r)
-                else:
-                    self.host.step(op.run_id, list(op.segments))
-                    yield worker_pb2.ExchangeResponse(
-                        step=worker_pb2.StepResponse(batch_id=op.batch_id)
-                    )
+                kind = _KIND_OF[type(op)]
+                for part in self._answer(ops.APPLY[kind](self.host, op, tensor)):
+                    yield worker_pb2.ExchangeResponse(**{kind: part})
 
-    def _forward(self, op: worker_pb2.ForwardRequest, tensor):
-        train = op.mode != worker_pb2.FORWARD_MODE_EVAL
-        data = (op.data.dataset, list(op.data.indices)) if op.HasField("data") else None
-        loss = None
-        if op.HasField("loss"):
-            name = LOSS_NAMES.get(op.loss.kind)
-            if name is None:
-                raise InvalidArgument(f"unknown loss kind {op.loss.kind}")
-            loss = (name, op.loss.dataset, list(op.loss.indices))
-        result: ForwardResult = self.host.forward(
-            op.run_id,
-            list(op.segments),
-            op.batch_id,
-            train=train,
-            input=tensor,
-            data=data,
-            loss=loss,
-            step=op.step,
-            want_output=op.want_output,
-        )
-        first: dict = {"batch_id": op.batch_id}
-        if result.loss is not None:
-            first["loss"] = worker_pb2.LossResult(
-                loss=result.loss, correct=result.correct, count=result.count
-            )
-        # One tensor at most: the input gradient after a loss in training, else the output.
-        tensor, field = (
-            (result.input_grad, "input_grad")
-            if result.input_grad is not None
-            else (result.output, "output")
-        )
-        yield from _chunked(worker_pb2.ForwardResponse, field, tensor, first, self.chunk_bytes)
+    def Drive(self, request, context):
+        with _errors_to_status(context):
+            yield from self.driver.drive(request)
 
-    def _backward(self, op: worker_pb2.BackwardRequest, tensor):
+    def _answer(self, answer):
+        """Response messages for an applied op: the head, then the tensor in chunks."""
+        head, tensor, field = answer
         if tensor is None:
-            raise InvalidArgument("Backward needs an output gradient")
-        grad = self.host.backward(op.run_id, list(op.segments), op.batch_id, tensor, op.step)
-        yield from _chunked(
-            worker_pb2.BackwardResponse,
-            "input_grad",
-            grad,
-            {"batch_id": op.batch_id},
-            self.chunk_bytes,
-        )
+            yield head
+            return
+        for i, chunk in enumerate(codec.encode(tensor, self.chunk_bytes)):
+            part = head if i == 0 else type(head)(batch_id=head.batch_id)
+            getattr(part, field).CopyFrom(chunk)
+            yield part

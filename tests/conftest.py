@@ -15,9 +15,6 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from services.segment_host import Limits, SegmentHost  # noqa: E402
-from services.servicer import WorkerServicer  # noqa: E402
-from splitnn import codec  # noqa: E402
-from splitnn.channels import create_channel, create_server  # noqa: E402
 from splitnn.datasets import TOY_NAME, builtin  # noqa: E402
 from splitnn.v1 import worker_pb2_grpc  # noqa: E402
 
@@ -32,6 +29,11 @@ class RunningWorker(NamedTuple):
 
 def start_worker(name: str = "alice", limits: Limits | None = None):
     """Start a worker on 127.0.0.1:0; returns (RunningWorker, stop function)."""
+    # Imported here so that tests without a network do not depend on the gRPC side.
+    from services.servicer import WorkerServicer
+    from splitnn import codec
+    from splitnn.channels import create_channel, create_server
+
     host = SegmentHost(name, {TOY_NAME: builtin(TOY_NAME)}, limits or Limits())
     server, port = create_server("127.0.0.1:0")
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(

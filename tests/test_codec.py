@@ -55,7 +55,9 @@ def chunks_of(tensor: torch.Tensor, chunk_bytes: int) -> list:
 
 
 def raw_chunk(dtype=tensor_pb2.DTYPE_FLOAT32, shape=(2,), data=b"\0" * 8, index=0, count=1):
-    return tensor_pb2.TensorChunk(dtype=dtype, shape=list(shape), index=index, count=count, data=data)
+    return tensor_pb2.TensorChunk(
+        dtype=dtype, shape=list(shape), index=index, count=count, data=data
+    )
 
 
 # ---- round trips ----------------------------------------------------------------------
@@ -301,7 +303,9 @@ def test_refuses_more_chunks_than_bytes():
         codec.decode([raw_chunk(count=9)])
 
 
-@pytest.mark.parametrize("value", [tensor_pb2.DTYPE_UNSPECIFIED, 99], ids=["unspecified", "unknown"])
+@pytest.mark.parametrize(
+    "value", [tensor_pb2.DTYPE_UNSPECIFIED, 99], ids=["unspecified", "unknown"]
+)
 def test_refuses_unusable_dtype(value):
     with pytest.raises(InvalidArgument, match="dtype"):
         codec.decode([raw_chunk(dtype=value)])

@@ -24,6 +24,7 @@ import csv
 import functools
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -134,10 +135,10 @@ def parse_source(text: str) -> Source:
     if kind == "fashion-mnist":
         if sep and not rest:
             raise ValueError("data source 'fashion-mnist:' has an empty directory after ':'")
-        return Source(kind, Path(rest) if rest else None)
+        return Source(kind, Path(rest).expanduser() if rest else None)
     if not rest:
         raise ValueError(f"data source {kind!r} needs a path: write {kind}:PATH")
-    return Source(kind, Path(rest))
+    return Source(kind, Path(rest).expanduser())
 
 
 def _source_forms() -> str:
@@ -187,6 +188,8 @@ def _encode_labels(*arrays: np.ndarray) -> tuple[list[np.ndarray], int, tuple[st
     """Labels as int64 class indices. Non-negative integers (or integral floats) are kept;
     strings are numbered in sorted order and their names returned."""
     kinds = {a.dtype.kind for a in arrays}
+    if kinds == {"U", "S"}:
+        raise DataError("labels mix text and byte strings; use one kind")
     if kinds <= {"U", "S"}:
         names = sorted(set().union(*(np.unique(a).tolist() for a in arrays)))
         lookup = {name: i for i, name in enumerate(names)}
@@ -212,8 +215,9 @@ def _encode_labels(*arrays: np.ndarray) -> tuple[list[np.ndarray], int, tuple[st
 
 
 def _check_labels(y: np.ndarray, classes: int, what: str) -> None:
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
-        raise DataError(f"{what}: label {int(y.max())} outside 0..{classes - 1}")
+    bad = y[(y < 0) | (y >= classes)]
+    if bad.size:
+        raise DataError(f"{what}: label {int(bad[0])} outside 0..{classes - 1}")
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -253,7 +257,7 @@ def parse_idx(data: bytes, what: str = "idx data") -> np.ndarray:
         raise DataError(f"{what}: truncated idx header ({len(data)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize
     body = len(data) - header
     if body != expected:
         state = "truncated" if body < expected else "has trailing bytes"

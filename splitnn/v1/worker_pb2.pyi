@@ -317,3 +317,51 @@ class GetStatusResponse(_message.Message):
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
     segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
     def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+
+class Stage(_message.Message):
+    __slots__ = ("host", "segments", "address")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    segments: _containers.RepeatedScalarFieldContainer[int]
+    address: str
+    def __init__(self, host: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., address: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("batch_id", "indices")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, batch_id: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DriveRequest(_message.Message):
+    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    stages: _containers.RepeatedCompositeFieldContainer[Stage]
+    loss: LossKind
+    dataset: str
+    batches: _containers.RepeatedCompositeFieldContainer[Batch]
+    mode: ForwardMode
+    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("batch_id", "loss")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    loss: LossResult
+    def __init__(self, batch_id: _Optional[int] = ..., loss: _Optional[_Union[LossResult, _Mapping]] = ...) -> None: ...
+
+class DriveResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...

@@ -71,6 +71,11 @@ class WorkerServiceStub:
                 request_serializer=splitnn_dot_v1_dot_worker__pb2.ExchangeRequest.SerializeToString,
                 response_deserializer=splitnn_dot_v1_dot_worker__pb2.ExchangeResponse.FromString,
                 _registered_method=True)
+        self.Drive = channel.unary_stream(
+                '/splitnn.v1.WorkerService/Drive',
+                request_serializer=splitnn_dot_v1_dot_worker__pb2.DriveRequest.SerializeToString,
+                response_deserializer=splitnn_dot_v1_dot_worker__pb2.DriveResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/splitnn.v1.WorkerService/GetStatus',
                 request_serializer=splitnn_dot_v1_dot_worker__pb2.GetStatusRequest.SerializeToString,
@@ -133,6 +138,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drive(self, request, context):
+        """Drive batches through the whole chain from this worker, the data owner:
+        its own stages run in-process, the others are called directly, so no
+        activation is relayed through the orchestrator. Streams batch results.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """What this worker hosts and serves.
         """
@@ -177,6 +191,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=splitnn_dot_v1_dot_worker__pb2.ExchangeRequest.FromString,
                     response_serializer=splitnn_dot_v1_dot_worker__pb2.ExchangeResponse.SerializeToString,
+            ),
+            'Drive': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drive,
+                    request_deserializer=splitnn_dot_v1_dot_worker__pb2.DriveRequest.FromString,
+                    response_serializer=splitnn_dot_v1_dot_worker__pb2.DriveResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -375,6 +394,33 @@ class WorkerService:
             '/splitnn.v1.WorkerService/Exchange',
             splitnn_dot_v1_dot_worker__pb2.ExchangeRequest.SerializeToString,
             splitnn_dot_v1_dot_worker__pb2.ExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/splitnn.v1.WorkerService/Drive',
+            splitnn_dot_v1_dot_worker__pb2.DriveRequest.SerializeToString,
+            splitnn_dot_v1_dot_worker__pb2.DriveResponse.FromString,
             options,
             channel_credentials,
             insecure,

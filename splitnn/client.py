@@ -155,6 +155,17 @@ class WorkerClient:
         self.bytes_sent += request.ByteSize()
         self._call(f"DropSegment({index})", self.stub.DropSegment, request)
 
+    def drive(self, request: worker_pb2.DriveRequest, timeout: float | None = None):
+        """Have this worker (a data owner) drive batches through the chain; yields
+        the batch results as they come."""
+        self.bytes_sent += request.ByteSize()
+        try:
+            for response in self.stub.Drive(request, timeout=timeout, metadata=self.metadata):
+                self.bytes_received += response.ByteSize()
+                yield from response.results
+        except grpc.RpcError as err:
+            raise WorkerError(self.name, "Drive", err.code(), err.details()) from None
+
     # ---- the Exchange stream ---------------------------------------------------
 
     def _ensure_stream(self) -> None:

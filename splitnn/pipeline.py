@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.client import WorkerClient
+from splitnn.client import WorkerClient
 from splitnn.losses import loss_kind
 from splitnn.v1 import worker_pb2
 
