@@ -69,6 +69,8 @@ class Trainer:
         self.location: dict[int, str] = {}
         self.final_loss: dict[str, float] = {}
         self.rows: dict[str, int] = {}
+        self.train_seconds = 0.0  # time spent training, without setup and handovers
+        self.samples = 0
 
     def run(self, keep_segments: bool = False) -> dict:
         """Train the whole schedule; return the report (also written to report.json).
@@ -162,6 +164,7 @@ class Trainer:
         stages = plan_stages(placement)
         pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
         self.progress.owner, self.progress.turn = owner, turn.index
+        turn_started = time.perf_counter()
         epoch = 0
         while epoch < config.epochs:
             group = self._epoch_group(turn, owner, epoch)
@@ -181,12 +184,14 @@ class Trainer:
                     total_loss += result.loss
                     correct += result.correct
                     count += result.count
+                    self.samples += result.count
                     bar.update(1)
                 self._end_epoch(turn, epoch, total_loss / len(batches), correct, count, metrics)
                 bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{self.final_loss[owner]:.4f}")
                 epoch += 1
             for _ in results:  # let the stream finish (flush on the relay path)
                 pass
+        self.train_seconds += time.perf_counter() - turn_started
 
     def _epoch_group(self, turn: schedule.Turn, owner: str, start: int) -> list[list[list[int]]]:
         """Batches of the epochs sent in one go: up to the end of the turn, or until the
@@ -254,6 +259,11 @@ class Trainer:
             "final_loss": self.final_loss,
             "steps": self.progress.step,
             "wall_time_s": round(wall_time, 3),
+            "train_time_s": round(self.train_seconds, 3),
+            "samples_per_s": round(self.samples / self.train_seconds, 1)
+            if self.train_seconds
+            else None,
+            "mode": "relay" if self.relay else "owner-driven",
             "bytes": {
                 name: {"sent_to_worker": c.bytes_sent, "received_from_worker": c.bytes_received}
                 for name, c in self.clients.items()

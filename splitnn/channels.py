@@ -10,6 +10,7 @@ import grpc
 MAX_MESSAGE_BYTES = 16 << 20
 
 _OPTIONS = [
+    ("grpc.http2.lookahead_bytes", 8 << 20),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
