@@ -20,6 +20,7 @@ import argparse
 import os
 import queue
 import socket
+import statistics
 import time
 import traceback
 import warnings
@@ -327,27 +328,25 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="local and torch.distributed.rpc baselines")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs per (job, mode); the median is printed"
+    )
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     args = ap.parse_args(argv)
 
-    rows = []
+    def median_sps(fn, job: BenchJob) -> float:
+        runs = sorted(
+            fn(job, args.steps, args.warmup)["samples_per_s"] for _ in range(args.repeats)
+        )
+        return statistics.median(runs)
+
+    print(f"{'job':<12} {'mode':<6} {'samples/s':>12} {'vs local':>9}", flush=True)
     for name in args.jobs:
         job = JOBS[name]()
-        local = run_local(job, args.steps, args.warmup)
-        rpc_res = run_rpc(job, args.steps, args.warmup)
-        rows.append((name, "local", local["samples_per_s"], 1.0))
-        rows.append(
-            (
-                name,
-                "rpc",
-                rpc_res["samples_per_s"],
-                rpc_res["samples_per_s"] / local["samples_per_s"],
-            )
-        )
-
-    print(f"{'job':<12} {'mode':<6} {'samples/s':>12} {'vs local':>9}")
-    for name, mode, sps, ratio in rows:
-        print(f"{name:<12} {mode:<6} {sps:>12,.0f} {ratio:>8.2f}x")
+        local = median_sps(run_local, job)
+        print(f"{name:<12} {'local':<6} {local:>12,.0f} {1.0:>8.2f}x", flush=True)
+        rpc_sps = median_sps(run_rpc, job)
+        print(f"{name:<12} {'rpc':<6} {rpc_sps:>12,.0f} {rpc_sps / local:>8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,45 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _cmd_train(args) -> int:
     from orchestrator.config import load_config
+    from orchestrator.outputs import read_metrics
+    from orchestrator.results import format_summary
     from orchestrator.run import train
 
     config = load_config(args.config)
-    report = train(config, Path(args.out), args.local)
-    print(f"trained in {report['wall_time_s']:.1f}s; outputs in {args.out}")
-    for owner, loss in report["final_loss"].items():
-        print(f"  final loss at {owner}: {loss:.6f}")
+    report = train(config, Path(args.out), args.local, relay=args.relay)
+    print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
+    print(
+        f"trained {report['steps']} steps in {report['wall_time_s']:.1f}s "
+        f"({report['samples_per_s']} samples/s); outputs in {args.out}/"
+    )
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from orchestrator.results import report_run
+
+    print(report_run(Path(args.dir), Path(args.dir).name))
+    print(f"curves: {Path(args.dir) / 'curves.png'}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import json
+
+    from orchestrator.config import load_config
+    from orchestrator.evaluate import evaluate_model
+    from orchestrator.run import connected_workers
+
+    config = load_config(args.config)
+    with connected_workers(config, args.local) as clients:
+        results = evaluate_model(config, clients, Path(args.model), args.dataset)
+    print(f"{'owner':<10} {'loss':>10} {'accuracy':>9}")
+    for owner, metrics in results.items():
+        acc = metrics["test_accuracy"]
+        acc_text = f"{acc:.2%}" if acc is not None else "-"
+        print(f"{owner:<10} {metrics['test_loss']:>10.5f} {acc_text:>9}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -40,7 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local", action="store_true", help="start the workers here on free loopback ports"
     )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="carry every activation through this process (default: the owner's worker drives)",
+    )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="a saved model's loss and accuracy on each owner's data")
+    p.add_argument("config")
+    p.add_argument("--model", required=True, help="DIR/model.safetensors of a run")
+    p.add_argument("--dataset", help="dataset name (default: the config's test_dataset)")
+    p.add_argument("--local", action="store_true", help="start the workers here")
+    p.add_argument("--out", help="also write the results as JSON to this file")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="redraw curves.png and the summary of a run directory")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the notebook's job (examples/seed.toml) on local workers")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")

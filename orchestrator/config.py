@@ -29,6 +29,7 @@ _TRAINING_KEYS = {
     "dataset",
     "test_dataset",
     "eval_every",
+    "eval_batch_size",
     "log_every",
     "checkpoint_every",
 }
@@ -78,6 +79,7 @@ class Config:
     dataset: str = "train"
     test_dataset: str | None = None
     eval_every: int = 0
+    eval_batch_size: int = 1000
     log_every: int = 1
     checkpoint_every: int = 0
     raw: dict = field(default_factory=dict)
@@ -167,13 +169,14 @@ def parse_config(raw: dict, path: Path) -> Config:
         "epochs": 1,
         "batch_size": 0,
         "eval_every": 0,
+        "eval_batch_size": 1000,
         "log_every": 1,
         "checkpoint_every": 0,
     }
     values = {}
     for key, default in ints.items():
         value = training.get(key, default)
-        minimum = 1 if key in ("rounds", "epochs", "log_every") else 0
+        minimum = 1 if key in ("rounds", "epochs", "log_every", "eval_batch_size") else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             fail(f"training.{key}", f"expected an integer >= {minimum}, got {value!r}")
         values[key] = value

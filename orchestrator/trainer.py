@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from orchestrator.config import Config
-from orchestrator.outputs import MetricsLog, model_state, save_model, write_report
+from orchestrator.outputs import MetricsLog, model_state, read_metrics, save_model, write_report
+from orchestrator.results import plot_curves
 from splitnn import layers as layer_specs
 from splitnn import schedule
 from splitnn.client import WorkerClient
@@ -23,6 +24,18 @@ from splitnn.v1 import worker_pb2
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000
+
+
+def summarize_eval(loss: str, results) -> dict:
+    """Dataset-level test loss and accuracy from per-batch results: summed losses add
+    up, mean losses are weighted by batch rows."""
+    rows = sum(r.count for r in results)
+    if loss == "sum_squared_error":
+        total = sum(r.loss for r in results)
+    else:
+        total = sum(r.loss * r.count for r in results) / rows if rows else 0.0
+    correct = sum(r.correct for r in results)
+    return {"test_loss": total, "test_accuracy": correct / rows if rows else None}
 
 
 class RunError(SplitnnError):
@@ -69,6 +82,8 @@ class Trainer:
         self.location: dict[int, str] = {}
         self.final_loss: dict[str, float] = {}
         self.rows: dict[str, int] = {}
+        self.test_rows: dict[str, int] = {}
+        self.final_test: dict[str, dict] = {}
         self.train_seconds = 0.0  # time spent training, without setup and handovers
         self.samples = 0
 
@@ -101,6 +116,11 @@ class Trainer:
             save_model(
                 self.out_dir / "model.safetensors", model_state(states), {"run_id": self.run_id}
             )
+            plot_curves(
+                read_metrics(self.out_dir / "metrics.jsonl"),
+                self.out_dir / "curves.png",
+                config.name,
+            )
         finally:
             metrics.close()
             report = self._report(time.monotonic() - started)
@@ -111,12 +131,15 @@ class Trainer:
 
     # ---- steps of the run ------------------------------------------------------
 
-    def _check_workers(self) -> None:
+    def _check_workers(self, extra: list[str] = ()) -> None:
         config = self.config
+        self._datasets = {}
         for owner in config.owners:
             status = self.clients[owner].status()
             datasets = {d.name: d for d in status.datasets}
+            self._datasets[owner] = datasets
             wanted = [config.dataset] + ([config.test_dataset] if config.test_dataset else [])
+            wanted += list(extra)
             for name in wanted:
                 if name not in datasets:
                     raise RunError(
@@ -129,6 +152,12 @@ class Trainer:
                         f"config input_shape is {config.input_shape}"
                     )
             self.rows[owner] = datasets[config.dataset].rows
+            if config.test_dataset:
+                self.test_rows[owner] = datasets[config.test_dataset].rows
+
+    def rows_of(self, owner: str, dataset: str) -> int:
+        """Rows of a dataset on an owner's worker (after _check_workers)."""
+        return self._datasets[owner][dataset].rows
 
     def _load_initial(self) -> None:
         config = self.config
@@ -175,7 +204,7 @@ class Trainer:
             else:
                 results = self._drive(owner, stages, first_id, flat)
             results = iter(results)
-            for batches in group:
+            for position, batches in enumerate(group):
                 self.progress.epoch = epoch
                 total_loss, correct, count = 0.0, 0, 0
                 for _ in batches:
@@ -186,11 +215,16 @@ class Trainer:
                     count += result.count
                     self.samples += result.count
                     bar.update(1)
-                self._end_epoch(turn, epoch, total_loss / len(batches), correct, count, metrics)
+                test = None
+                if position == len(group) - 1:
+                    for _ in results:  # let the stream finish (flush on the relay path)
+                        pass
+                    if self._eval_due(epoch):
+                        test = self.evaluate(owner, stages)
+                train = (total_loss / len(batches), correct, count)
+                self._end_epoch(turn, epoch, train, test, metrics)
                 bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{self.final_loss[owner]:.4f}")
                 epoch += 1
-            for _ in results:  # let the stream finish (flush on the relay path)
-                pass
         self.train_seconds += time.perf_counter() - turn_started
 
     def _epoch_group(self, turn: schedule.Turn, owner: str, start: int) -> list[list[list[int]]]:
@@ -211,10 +245,20 @@ class Trainer:
                 )
             )
             rows += self.rows[owner]
+            if self._eval_due(epoch):
+                break
         return group
 
-    def _end_epoch(self, turn, epoch: int, loss: float, correct: int, count: int, metrics) -> None:
+    def _eval_due(self, epoch: int) -> bool:
         config = self.config
+        if not config.test_dataset:
+            return False
+        every = config.eval_every
+        return epoch + 1 == config.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    def _end_epoch(self, turn, epoch: int, train: tuple, test: dict | None, metrics) -> None:
+        config = self.config
+        loss, correct, count = train
         record = {
             "owner": turn.owner,
             "round": turn.round,
@@ -224,30 +268,47 @@ class Trainer:
             "loss": loss,
             "accuracy": correct / count if count else None,
         }
+        if test is not None:
+            record.update(test)
+            self.final_test[turn.owner] = test
         self.final_loss[turn.owner] = loss
-        if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
+        if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs or test:
             metrics.write(record)
         if self.on_epoch is not None:
             self.on_epoch(record)
+
+    def evaluate(self, owner: str, stages, dataset: str | None = None) -> dict:
+        """Loss and accuracy on the owner's test set through the whole chain, keeping
+        no backward state on any worker."""
+        dataset = dataset or self.config.test_dataset
+        rows = self.rows_of(owner, dataset)
+        size = self.config.eval_batch_size
+        batches = [list(range(i, min(i + size, rows))) for i in range(0, rows, size)]
+        if self.relay:
+            pipeline = Pipeline(self.clients, self.run_id, stages, self.config.loss)
+            results = [pipeline.evaluate_batch(0, dataset, b) for b in batches]
+        else:
+            results = list(self._drive(owner, stages, 0, batches, dataset, evaluate=True))
+        return summarize_eval(self.config.loss, results)
 
     def _relay(self, pipeline: Pipeline, first_id: int, batches):
         for offset, rows in enumerate(batches):
             yield pipeline.train_step(first_id + offset, self.config.dataset, rows)
         pipeline.flush()
 
-    def _drive(self, owner: str, stages, first_id: int, batches):
+    def _drive(self, owner, stages, first_id, batches, dataset=None, evaluate=False):
         request = worker_pb2.DriveRequest(
             run_id=self.run_id,
             loss=loss_kind(self.config.loss),
-            dataset=self.config.dataset,
-            mode=worker_pb2.FORWARD_MODE_TRAIN,
+            dataset=dataset or self.config.dataset,
+            mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
         )
         for stage in stages:
             request.stages.add(
                 host=stage.host, segments=stage.segments, address=self.clients[stage.host].address
             )
         for offset, rows in enumerate(batches):
-            request.batches.add(batch_id=first_id + offset, indices=rows)
+            request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)
         for result in self.clients[owner].drive(request):
             yield result.loss
 
@@ -257,6 +318,7 @@ class Trainer:
             "config": self.config.raw,
             "config_path": str(self.config.path),
             "final_loss": self.final_loss,
+            "final_test": self.final_test,
             "steps": self.progress.step,
             "wall_time_s": round(wall_time, 3),
             "train_time_s": round(self.train_seconds, 3),

@@ -221,7 +221,7 @@ class SegmentHost:
             return ForwardResult(output=out.detach())
         loss_name, _, _ = loss
         value = compute_loss(loss_name, out, target)
-        loss_value = float(value)
+        loss_value = value.item()
         if not torch.isfinite(value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
         value.backward()
@@ -407,7 +407,7 @@ def _load_state(module: nn.Module, optimizer, state: dict[str, torch.Tensor], wh
         # torch's optimizer load does not check shapes; a misfit would only fail at step.
         params = list(module.parameters())
         for name, value in optim_state.items():
-            index_text, _, key = name.partition(".")
+            index_text = name.partition(".")[0]
             if not index_text.isdigit() or int(index_text) >= len(params) or value.dim() == 0:
                 continue  # import_state refuses what does not name a parameter
             param = params[int(index_text)]

@@ -18,6 +18,12 @@ from splitnn.datasets import TOY_NAME, builtin  # noqa: E402
 from splitnn.v1 import worker_pb2_grpc  # noqa: E402
 
 
+def pytest_configure(config):
+    # splitnn.codec silences this torch warning at import (it clones the buffer right after);
+    # pytest resets warning filters for every test, so say it again here.
+    config.addinivalue_line("filterwarnings", "ignore:The given buffer is not writable:UserWarning")
+
+
 class RunningWorker(NamedTuple):
     """A worker serving in this process: its host object, a stub on it, its address."""
 

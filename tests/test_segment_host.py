@@ -262,7 +262,7 @@ def test_bad_run_id_is_invalid(host, run_id):
 @pytest.mark.parametrize(
     "x",
     [torch.zeros(16, 5), torch.zeros(16, 2, 2, 1), torch.zeros(4)],
-    ids=["wrong-width", "wrong-rank", "no-batch"],
+    ids=["wrong-width", "wrong-rank", "4-rows-for-16-labels"],
 )
 def test_wrong_input_shape_is_invalid_and_changes_nothing(host, x):
     before = [host.export_segment(RUN, i) for i in (0, 1)]

@@ -140,8 +140,9 @@ def assert_serving(stub) -> None:
     """A good training step through both segments still works, and leaves nothing pending."""
     x, _ = builtin(TOY_NAME).take(ROWS)
     _, hidden = forward(stub, forward_op([0], batch_id=999), x)
-    _, grad = forward(stub, forward_op([1], batch_id=999, loss=sse_loss(), step=True), hidden,
-                      field="input_grad")
+    _, grad = forward(
+        stub, forward_op([1], batch_id=999, loss=sse_loss(), step=True), hidden, field="input_grad"
+    )
     backward(stub, [0], 999, grad)
     assert set(pending(stub).values()) == {0}
 
@@ -228,9 +229,7 @@ def test_tensor_declared_over_the_cap_is_resource_exhausted(loaded):
 def test_message_over_the_grpc_limit_is_refused_by_grpc(loaded):
     before = snapshot(loaded.stub)
     # A sender without a send limit: the worker's own receive limit must refuse it.
-    channel = grpc.insecure_channel(
-        loaded.address, options=[("grpc.max_send_message_length", -1)]
-    )
+    channel = grpc.insecure_channel(loaded.address, options=[("grpc.max_send_message_length", -1)])
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
     big = torch.zeros((MAX_MESSAGE_BYTES + (1 << 20)) // 4)
     chunk = codec.encode(big, chunk_bytes=len(codec.tensor_bytes(big)))[0]
@@ -254,9 +253,7 @@ def test_message_over_the_grpc_limit_is_not_sent_by_the_project_channel(loaded):
     chunk = codec.encode(big, chunk_bytes=len(codec.tensor_bytes(big)))[0]
 
     try:
-        refused(
-            Code.RESOURCE_EXHAUSTED, lambda: stub.Forward(iter([forward_op([0], input=chunk)]))
-        )
+        refused(Code.RESOURCE_EXHAUSTED, lambda: stub.Forward(iter([forward_op([0], input=chunk)])))
     finally:
         channel.close()
 
@@ -264,7 +261,9 @@ def test_message_over_the_grpc_limit_is_not_sent_by_the_project_channel(loaded):
 
 
 @pytest.mark.parametrize(
-    "x", [torch.zeros(16, 5), torch.zeros(16, 2, 3), torch.zeros(4)], ids=["width", "rank", "1-d"]
+    "x",
+    [torch.zeros(16, 5), torch.zeros(16, 2, 3), torch.zeros(4)],
+    ids=["width", "rank", "4-rows-for-16-labels"],
 )
 def test_wrong_input_shape_is_invalid_argument(loaded, x):
     before = snapshot(loaded.stub)
@@ -427,9 +426,7 @@ def test_too_many_pending_batches_is_resource_exhausted():
 def test_unknown_layer_type_is_invalid_argument(loaded):
     before = snapshot(loaded.stub)
 
-    error = refused(
-        Code.INVALID_ARGUMENT, lambda: load(loaded.stub, 2, [{"type": "os.system"}])
-    )
+    error = refused(Code.INVALID_ARGUMENT, lambda: load(loaded.stub, 2, [{"type": "os.system"}]))
 
     assert "unknown layer type" in error.details()
     assert_unchanged(loaded.stub, before)

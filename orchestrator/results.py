@@ -1,0 +1,136 @@
+"""Results people can look at: curves.png and a summary table, from metrics.jsonl.
+
+Works on a finished or an interrupted run: it only reads what was logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.outputs import read_metrics
+
+
+def _x(record: dict, epochs_per_turn: int) -> int:
+    return record["turn"] * epochs_per_turn + record["epoch"]
+
+
+def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
+    """Loss and accuracy against epochs, one line per owner, turns marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = max((r["epoch"] for r in records), default=1)
+    owners = list(dict.fromkeys(r["owner"] for r in records))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, owner in enumerate(owners):
+        mine = [r for r in records if r["owner"] == owner]
+        color = colors[i % len(colors)]
+        # One line per turn, so that other owners' turns leave gaps.
+        for turn in sorted({r["turn"] for r in mine}):
+            rows = [r for r in mine if r["turn"] == turn]
+            xs = [_x(r, epochs) for r in rows]
+            label = owner if turn == min(r["turn"] for r in mine) else None
+            ax_loss.plot(
+                xs,
+                [r["loss"] for r in rows],
+                color=color,
+                label=f"{label} train" if label else None,
+            )
+            tests = [r for r in rows if r.get("test_loss") is not None]
+            if tests:
+                ax_loss.plot(
+                    [_x(r, epochs) for r in tests],
+                    [r["test_loss"] for r in tests],
+                    color=color,
+                    linestyle="--",
+                    marker="o",
+                    markersize=3,
+                    label=f"{label} test" if label else None,
+                )
+            accs = [r for r in rows if r.get("accuracy") is not None]
+            ax_acc.plot(
+                [_x(r, epochs) for r in accs],
+                [r["accuracy"] for r in accs],
+                color=color,
+                label=f"{label} train" if label else None,
+            )
+            tests = [r for r in rows if r.get("test_accuracy") is not None]
+            if tests:
+                ax_acc.plot(
+                    [_x(r, epochs) for r in tests],
+                    [r["test_accuracy"] for r in tests],
+                    color=color,
+                    linestyle="--",
+                    marker="o",
+                    markersize=3,
+                    label=f"{label} test" if label else None,
+                )
+    turns = sorted({r["turn"] for r in records})
+    for ax in (ax_loss, ax_acc):
+        for turn in turns[1:]:
+            ax.axvline(turn * epochs + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch (all turns, in order; dotted lines: handovers)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log" if _positive([r["loss"] for r in records]) else "linear")
+    ax_acc.set_ylabel("accuracy")
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _positive(values) -> bool:
+    values = [v for v in values if v is not None]
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 20
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """The last record of each owner's last turn (with its latest test figures)."""
+    rows = {}
+    for record in records:
+        owner = record["owner"]
+        row = rows.setdefault(owner, {"owner": owner, "epochs": 0})
+        row["epochs"] += 1 if record is not None else 0
+        row.update(
+            turn=record["turn"], epoch=record["epoch"], step=record["step"], loss=record["loss"]
+        )
+        row["accuracy"] = record.get("accuracy")
+        if record.get("test_loss") is not None:
+            row["test_loss"] = record["test_loss"]
+            row["test_accuracy"] = record.get("test_accuracy")
+    return list(rows.values())
+
+
+def format_summary(records: list[dict]) -> str:
+    """A text table: per owner, the final train loss/accuracy and test loss/accuracy."""
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+
+    header = ("owner", "step", "train loss", "train acc", "test loss", "test acc")
+    lines = ["{:<10} {:>7} {:>11} {:>9} {:>10} {:>9}".format(*header)]
+    for row in summary_rows(records):
+        lines.append(
+            f"{row['owner']:<10} {row['step']:>7} {fmt(row['loss'], '.5f'):>11} "
+            f"{fmt(row.get('accuracy'), '.2%'):>9} {fmt(row.get('test_loss'), '.5f'):>10} "
+            f"{fmt(row.get('test_accuracy'), '.2%'):>9}"
+        )
+    return "\n".join(lines)
+
+
+def report_run(out_dir: Path, title: str = "") -> str:
+    """Redraw DIR/curves.png and return the summary table of a run directory."""
+    records = read_metrics(Path(out_dir) / "metrics.jsonl")
+    if not records:
+        raise FileNotFoundError(f"{out_dir}/metrics.jsonl holds no records yet")
+    plot_curves(records, Path(out_dir) / "curves.png", title)
+    return format_summary(records)
