@@ -29,6 +29,7 @@ _LAYERS = {
     "Tanh": nn.Tanh,
     "Sigmoid": nn.Sigmoid,
     "ReLU": nn.ReLU,
+    "Identity": nn.Identity,
 }
 
 
@@ -175,4 +176,26 @@ def mnist_mlp_job(n_samples: int = 6400) -> BenchJob:
     )
 
 
-JOBS = {"seed": seed_job, "mnist_mlp": mnist_mlp_job}
+def mnist_mlp_5way_job(n_samples: int = 6400) -> BenchJob:
+    """The same MLP cut into the seed's 5-way layout [owner, owner, bob, claire, owner]."""
+    return BenchJob(
+        name="mnist_mlp_5way",
+        segments=(
+            (("Linear", 784, 256),),
+            (("ReLU",),),
+            (("Linear", 256, 128), ("ReLU",)),
+            (("Linear", 128, 10),),
+            (("Identity",),),
+        ),
+        placement=("alice", "alice", "bob", "claire", "alice"),
+        batch_size=64,
+        loss="cross_entropy",
+        lr=0.01,
+        momentum=0.9,
+        dataset="synthetic_mnist",
+        n_samples=n_samples,
+        data_seed=0,
+    )
+
+
+JOBS = {"seed": seed_job, "mnist_mlp": mnist_mlp_job, "mnist_mlp_5way": mnist_mlp_5way_job}

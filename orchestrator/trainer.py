@@ -83,6 +83,7 @@ class Trainer:
         self.final_loss: dict[str, float] = {}
         self.rows: dict[str, int] = {}
         self.test_rows: dict[str, int] = {}
+        self._traffic_start: dict[str, tuple[int, int]] = {}
         self.final_test: dict[str, dict] = {}
         self.train_seconds = 0.0  # time spent training, without setup and handovers
         self.samples = 0
@@ -95,6 +96,9 @@ class Trainer:
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        for name, client in self.clients.items():
+            status = client.status()
+            self._traffic_start[name] = (status.bytes_received, status.bytes_sent)
         self._check_workers()
         metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         try:
@@ -326,11 +330,24 @@ class Trainer:
             if self.train_seconds
             else None,
             "mode": "relay" if self.relay else "owner-driven",
-            "bytes": {
-                name: {"sent_to_worker": c.bytes_sent, "received_from_worker": c.bytes_received}
-                for name, c in self.clients.items()
-            },
+            "bytes": self._traffic(),
         }
+
+    def _traffic(self) -> dict:
+        """Bytes each worker received and sent during the run, as the workers count them
+        (this includes worker-to-worker traffic when an owner drives)."""
+        traffic = {}
+        for name, client in self.clients.items():
+            try:
+                status = client.status()
+            except SplitnnError:
+                continue
+            start = self._traffic_start.get(name, (0, 0))
+            traffic[name] = {
+                "received": status.bytes_received - start[0],
+                "sent": status.bytes_sent - start[1],
+            }
+        return traffic
 
     def cleanup(self) -> None:
         """Drop the run's segments from every worker (best effort)."""

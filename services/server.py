@@ -19,6 +19,7 @@ from splitnn.errors import SplitnnError
 from splitnn.v1 import worker_pb2_grpc
 
 log = logging.getLogger("splitnn.worker")
+SWITCH_INTERVAL_S = 0.0002
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     """Entry point: serve until SIGTERM or Ctrl-C."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    # gRPC hands every message between its threads; with the default 5 ms GIL switch
+    # interval a woken thread can wait that long for its turn.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
         torch.set_num_interop_threads(args.threads)

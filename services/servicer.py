@@ -128,13 +128,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.host = host
         self.chunk_bytes = chunk_bytes
         self.driver = driver if driver is not None else Driver(host)
+        # Traffic of this worker (approximate under concurrency; for reports).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # ---- segment lifecycle -----------------------------------------------------
+
+    def _count_in(self, messages):
+        for message in messages:
+            self.bytes_received += message.ByteSize()
+            yield message
 
     def LoadSegment(self, request_iterator, context):
         with _errors_to_status(context):
             first, blob = None, codec.BlobAssembler(self.host.limits.max_tensor_bytes)
-            for message in request_iterator:
+            for message in self._count_in(request_iterator):
                 if first is None:
                     first = message
                     if not message.HasField("spec"):
@@ -160,7 +168,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             state = self.host.export_segment(request.run_id, request.index)
             blob = codec.encode_state(state)
         for chunk in codec.blob_chunks(blob, self.chunk_bytes):
-            yield worker_pb2.ExportSegmentResponse(state=chunk)
+            response = worker_pb2.ExportSegmentResponse(state=chunk)
+            self.bytes_sent += response.ByteSize()
+            yield response
 
     def DropSegment(self, request, context):
         with _errors_to_status(context):
@@ -168,7 +178,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             return worker_pb2.DropSegmentResponse()
 
     def GetStatus(self, request, context):
-        response = worker_pb2.GetStatusResponse(name=self.host.name)
+        response = worker_pb2.GetStatusResponse(
+            name=self.host.name, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent
+        )
         for name, dataset in sorted(self.host.datasets.items()):
             response.datasets.add(
                 name=name,
@@ -191,13 +203,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def Forward(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(request_iterator, _unwrap_forward, max_bytes):
+            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_forward, max_bytes):
                 yield from self._answer(ops.apply_forward(self.host, op, tensor))
 
     def Backward(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(request_iterator, _unwrap_backward, max_bytes):
+            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_backward, max_bytes):
                 yield from self._answer(ops.apply_backward(self.host, op, tensor))
 
     def Step(self, request, context):
@@ -208,7 +220,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def Exchange(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(request_iterator, _unwrap_exchange, max_bytes):
+            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_exchange, max_bytes):
                 kind = _KIND_OF[type(op)]
                 for part in self._answer(ops.APPLY[kind](self.host, op, tensor)):
                     yield worker_pb2.ExchangeResponse(**{kind: part})
@@ -221,9 +233,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         """Response messages for an applied op: the head, then the tensor in chunks."""
         head, tensor, field = answer
         if tensor is None:
+            self.bytes_sent += head.ByteSize()
             yield head
             return
         for i, chunk in enumerate(codec.encode(tensor, self.chunk_bytes)):
             part = head if i == 0 else type(head)(batch_id=head.batch_id)
             getattr(part, field).CopyFrom(chunk)
+            self.bytes_sent += part.ByteSize()
             yield part

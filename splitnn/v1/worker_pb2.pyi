@@ -309,14 +309,18 @@ class SegmentInfo(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., index: _Optional[int] = ..., parameter_count: _Optional[int] = ..., pending_batches: _Optional[int] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("name", "datasets", "segments")
+    __slots__ = ("name", "datasets", "segments", "bytes_received", "bytes_sent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
     segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
-    def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+    bytes_received: int
+    bytes_sent: int
+    def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ...) -> None: ...
 
 class Stage(_message.Message):
     __slots__ = ("host", "segments", "address")

@@ -1,0 +1,83 @@
+"""Training throughput of splitnn next to one process and torch.distributed.rpc.
+
+    python -m bench.run [--steps N] [--repeats R] [--out bench/results.json]
+
+All figures come from one run on one machine and are compared as ratios.
+Every mode uses one torch thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bench.baselines import run_local, run_rpc
+from bench.models import mnist_mlp_5way_job, mnist_mlp_job, seed_job
+from bench.split_grpc import run_split
+
+MODES = {
+    "one process": lambda job, steps: run_local(job, steps=steps, warmup=20),
+    "torch rpc": lambda job, steps: run_rpc(job, steps=steps, warmup=20),
+    "splitnn (owner drives)": lambda job, steps: run_split(job, steps),
+    "splitnn (relay)": lambda job, steps: run_split(job, steps, relay=True),
+}
+
+
+def measure(steps: int, repeats: int) -> list[dict]:
+    """Median samples/s of every job in every mode."""
+    rows = []
+    for job, layout in (
+        (seed_job(), "seed 5-way"),
+        (mnist_mlp_job(), "owner | bob | owner"),
+        (mnist_mlp_5way_job(), "seed 5-way"),
+    ):
+        job_steps = steps * 2 if job.name == "seed" else steps
+        for mode, run in MODES.items():
+            figures = [run(job, job_steps)["samples_per_s"] for _ in range(repeats)]
+            rows.append(
+                {
+                    "job": job.name,
+                    "layout": layout,
+                    "mode": mode,
+                    "samples_per_s": statistics.median(figures),
+                    "runs": figures,
+                }
+            )
+            print(f"  {job.name:<15} {mode:<24} {rows[-1]['samples_per_s']:>9.0f}", file=sys.stderr)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A table with ratios against one process and against torch rpc."""
+    lines = [
+        f"{'job':<15} {'layout':<20} {'mode':<24} {'samples/s':>10} {'x local':>8} {'x rpc':>6}",
+    ]
+    for row in rows:
+        same = [r for r in rows if r["job"] == row["job"]]
+        local = next(r["samples_per_s"] for r in same if r["mode"] == "one process")
+        rpc = next(r["samples_per_s"] for r in same if r["mode"] == "torch rpc")
+        lines.append(
+            f"{row['job']:<15} {row['layout']:<20} {row['mode']:<24} "
+            f"{row['samples_per_s']:>10.0f} {row['samples_per_s'] / local:>8.2f} "
+            f"{row['samples_per_s'] / rpc:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="also write figures as JSON")
+    args = parser.parse_args(argv)
+    rows = measure(args.steps, args.repeats)
+    print(format_table(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

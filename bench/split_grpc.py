@@ -1,0 +1,74 @@
+"""splitnn's own throughput on a benchmark job: real worker processes on loopback."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.models import BenchJob
+from orchestrator.config import parse_config
+from orchestrator.run import connected_workers
+from orchestrator.trainer import Trainer
+
+_LOSS_NAMES = {"sse": "sum_squared_error", "cross_entropy": "cross_entropy"}
+
+
+def job_config(job: BenchJob, steps: int, directory: Path):
+    """The splitnn config (and data files) of a benchmark job, for about `steps` steps."""
+    owner = job.data_owner
+    hosts = list(dict.fromkeys([*job.hosts, "alice", "bob", "claire"]))
+    workers = {h: {"address": "127.0.0.1:1"} for h in hosts}
+    dataset = "toy"
+    if job.dataset != "toy":
+        x, y = job.data()
+        path = directory / f"{job.name}.npz"
+        np.savez(path, x=x.numpy(), y=y.numpy())
+        workers[owner]["data"] = {"train": str(path)}
+        dataset = "train"
+    x, _ = job.data()
+    steps_per_epoch = -(-x.shape[0] // job.batch_size)
+    segments = []
+    for spec, host in zip(job.segments, job.placement, strict=True):
+        layers = []
+        for name, *args in spec:
+            layer = {"type": name}
+            if name == "Linear":
+                layer.update(in_features=args[0], out_features=args[1])
+            layers.append(layer)
+        segments.append({"host": "owner" if host == owner else host, "layers": layers})
+    optimizer = {"name": "sgd", "lr": job.lr}
+    if job.momentum:
+        optimizer["momentum"] = job.momentum
+    raw = {
+        "name": job.name,
+        "seed": job.seed,
+        "input_shape": list(x.shape[1:]),
+        "workers": workers,
+        "training": {
+            "owners": [owner],
+            "epochs": max(1, steps // steps_per_epoch),
+            "batch_size": job.batch_size,
+            "shuffle": False,
+            "loss": _LOSS_NAMES[job.loss],
+            "dataset": dataset,
+        },
+        "optimizer": optimizer,
+        "segments": segments,
+    }
+    return parse_config(raw, directory / f"{job.name}.toml")
+
+
+def run_split(job: BenchJob, steps: int, relay: bool = False) -> dict:
+    """Train the job through three local workers; samples/s over the training itself."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = job_config(job, steps, Path(tmp))
+        with connected_workers(config, local=True) as clients:
+            trainer = Trainer(config, clients, Path(tmp) / "out", show_progress=False, relay=relay)
+            report = trainer.run()
+    return {
+        "samples_per_s": report["samples_per_s"],
+        "steps": report["steps"],
+        "seconds": report["train_time_s"],
+    }
