@@ -17,8 +17,20 @@ def _cmd_train(args) -> int:
     from orchestrator.results import format_summary
     from orchestrator.run import train
 
+    resume = None
+    if args.resume:
+        from orchestrator.checkpoint import load_checkpoint
+
+        resume = load_checkpoint(Path(args.resume))
+        args.out = args.out or args.resume
+        args.config = args.config or resume.config_path
+        print(f"resuming {args.resume} at step {resume.cursor.step}")
+    if not args.config or not args.out:
+        raise SystemExit("splitnn train: give CONFIG and --out DIR, or --resume DIR")
     config = load_config(args.config)
-    report = train(config, Path(args.out), args.local, relay=args.relay)
+    if args.checkpoint_every is not None:
+        config.checkpoint_every = args.checkpoint_every
+    report = train(config, Path(args.out), args.local, relay=args.relay, resume=resume)
     print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
     print(
         f"trained {report['steps']} steps in {report['wall_time_s']:.1f}s "
@@ -67,8 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a config across its workers")
-    p.add_argument("config", help="a TOML config, e.g. examples/seed.toml")
-    p.add_argument("--out", required=True, help="directory for model, metrics and report")
+    p.add_argument("config", nargs="?", help="a TOML config, e.g. examples/seed.toml")
+    p.add_argument("--out", help="directory for model, metrics, report and checkpoints")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (CONFIG and --out default to it)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="checkpoint every N steps (default: the config's; always at handovers)",
+    )
     p.add_argument(
         "--local", action="store_true", help="start the workers here on free loopback ports"
     )
@@ -95,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
 
-    for module in ("orchestrator.cli_data",):
+    for module in ("orchestrator.cli_data", "orchestrator.cli_health"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError:

@@ -42,12 +42,14 @@ class MetricsLog:
 
     def __init__(self, path: Path, append: bool = False):
         self.path = path
+        self.lines = len(read_metrics(path)) if append and path.is_file() else 0
         self._file = open(path, "a" if append else "w")
 
     def write(self, record: dict) -> None:
         """Append one record and flush it, so an interrupted run keeps what it logged."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.lines += 1
 
     def close(self) -> None:
         self._file.close()

@@ -37,11 +37,17 @@ def connected_workers(config: Config, local: bool, threads: int = 1, connect_tim
 
 
 def train(
-    config: Config, out_dir: Path, local: bool, on_epoch=None, show_progress=None, relay=False
+    config: Config,
+    out_dir: Path,
+    local: bool,
+    on_epoch=None,
+    show_progress=None,
+    relay=False,
+    resume=None,
 ) -> dict:
-    """Train `config`, writing model, metrics and report to `out_dir`."""
+    """Train `config` (or continue from a checkpoint), writing outputs to `out_dir`."""
     with connected_workers(config, local) as clients:
         trainer = Trainer(
             config, clients, out_dir, on_epoch=on_epoch, show_progress=show_progress, relay=relay
         )
-        return trainer.run()
+        return trainer.run(resume=resume)

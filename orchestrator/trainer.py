@@ -5,18 +5,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.outputs import MetricsLog, model_state, read_metrics, save_model, write_report
 from orchestrator.results import plot_curves
 from splitnn import layers as layer_specs
 from splitnn import schedule
-from splitnn.client import WorkerClient
+from splitnn.client import WorkerClient, WorkerError
 from splitnn.errors import SplitnnError
 from splitnn.losses import loss_kind
 from splitnn.pipeline import Pipeline, plan_stages
@@ -24,6 +25,13 @@ from splitnn.v1 import worker_pb2
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines of a file (drop metrics logged after a checkpoint)."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)[:keep]
+        path.write_text("".join(lines))
 
 
 def summarize_eval(loss: str, results) -> dict:
@@ -79,6 +87,8 @@ class Trainer:
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.progress = Progress()
+        self.cursor = Cursor()
+        self._metrics: MetricsLog | None = None
         self.location: dict[int, str] = {}
         self.final_loss: dict[str, float] = {}
         self.rows: dict[str, int] = {}
@@ -88,9 +98,10 @@ class Trainer:
         self.train_seconds = 0.0  # time spent training, without setup and handovers
         self.samples = 0
 
-    def run(self, keep_segments: bool = False) -> dict:
+    def run(self, keep_segments: bool = False, resume: Checkpoint | None = None) -> dict:
         """Train the whole schedule; return the report (also written to report.json).
 
+        With `resume`, continue from a checkpoint instead of the initial weights.
         The workers forget the run's segments at the end unless `keep_segments`
         (then call cleanup() when done with them)."""
         config = self.config
@@ -100,9 +111,15 @@ class Trainer:
             status = client.status()
             self._traffic_start[name] = (status.bytes_received, status.bytes_sent)
         self._check_workers()
-        metrics = MetricsLog(self.out_dir / "metrics.jsonl")
+        if resume is not None:
+            _truncate_lines(self.out_dir / "metrics.jsonl", resume.metrics_lines)
+        metrics = MetricsLog(self.out_dir / "metrics.jsonl", append=resume is not None)
         try:
-            self._load_initial()
+            if resume is None:
+                self._load_initial()
+            else:
+                self._restore(resume)
+            self._metrics = metrics
             total = (
                 sum(
                     len(schedule.batches(0, 0, 0, self.rows[o], config.batch_size, False))
@@ -112,10 +129,17 @@ class Trainer:
                 * config.rounds
             )
             disable = None if self.show_progress is None else not self.show_progress
-            bar = tqdm(total=total, disable=disable, unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=total,
+                initial=self.cursor.step,
+                disable=disable,
+                unit="step",
+                dynamic_ncols=True,
+            )
             with bar:
                 for turn in schedule.turns(config.owners, config.rounds):
-                    self._train_turn(turn, metrics, bar)
+                    if turn.index >= self.cursor.turn:
+                        self._train_turn(turn, metrics, bar)
             states = [self._export(i) for i in range(len(config.segments))]
             save_model(
                 self.out_dir / "model.safetensors", model_state(states), {"run_id": self.run_id}
@@ -125,6 +149,12 @@ class Trainer:
                 self.out_dir / "curves.png",
                 config.name,
             )
+        except WorkerError as err:
+            raise RunError(
+                f"{err} (owner {self.progress.owner}, turn {self.cursor.turn}, "
+                f"epoch {self.cursor.epoch + 1}, step {self.cursor.step + 1}); "
+                f"outputs so far are in {self.out_dir}/"
+            ) from None
         finally:
             metrics.close()
             report = self._report(time.monotonic() - started)
@@ -132,6 +162,41 @@ class Trainer:
         if not keep_segments:
             self.cleanup()
         return report
+
+    def checkpoint(self) -> Path:
+        """Write the run's state to DIR/checkpoint.safetensors (atomically)."""
+        for client in self.clients.values():
+            client.drain()
+        states = [self._export(i) for i in range(len(self.config.segments))]
+        return save_checkpoint(
+            self.out_dir,
+            Checkpoint(
+                config_path=str(self.config.path),
+                cursor=replace(self.cursor),
+                location=dict(self.location),
+                segment_states=states,
+                final_loss=dict(self.final_loss),
+                final_test=dict(self.final_test),
+                samples=self.samples,
+                train_seconds=self.train_seconds,
+                metrics_lines=self._metrics.lines if self._metrics else 0,
+            ),
+        )
+
+    def _restore(self, resume: Checkpoint) -> None:
+        config = self.config
+        if len(resume.segment_states) != len(config.segments):
+            raise RunError("the checkpoint does not match this config's segments")
+        for seg, state in zip(config.segments, resume.segment_states, strict=True):
+            host = resume.location[seg.index]
+            self.clients[host].load_segment(
+                self.run_id, seg.index, seg.layers, config.optimizer, state
+            )
+            self.location[seg.index] = host
+        self.cursor = replace(resume.cursor)
+        self.progress.step = self.cursor.step
+        self.final_loss, self.final_test = dict(resume.final_loss), dict(resume.final_test)
+        self.samples, self.train_seconds = resume.samples, resume.train_seconds
 
     # ---- steps of the run ------------------------------------------------------
 
@@ -176,12 +241,15 @@ class Trainer:
     def _export(self, index: int) -> dict[str, torch.Tensor]:
         return self.clients[self.location[index]].export_segment(self.run_id, index)
 
-    def _hand_over(self, placement: list[str]) -> None:
-        """Move perimeter segments, weights and optimizer state both, to the new owner."""
+    def _hand_over(self, placement: list[str]) -> bool:
+        """Move perimeter segments, weights and optimizer state both, to the new owner;
+        True if anything moved."""
+        moved = False
         for seg in self.config.segments:
             old, new = self.location[seg.index], placement[seg.index]
             if old == new:
                 continue
+            moved = True
             self.clients[old].drain()
             state = self._export(seg.index)
             self.clients[new].load_segment(
@@ -189,69 +257,81 @@ class Trainer:
             )
             self.clients[old].drop_segment(self.run_id, seg.index)
             self.location[seg.index] = new
+        return moved
 
     def _train_turn(self, turn: schedule.Turn, metrics: MetricsLog, bar) -> None:
-        config, owner = self.config, turn.owner
+        config, owner, cursor = self.config, turn.owner, self.cursor
         placement = config.placement(owner)
-        self._hand_over(placement)
+        if self._hand_over(placement) and cursor.step > 0:
+            self.checkpoint()
         stages = plan_stages(placement)
         pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
         self.progress.owner, self.progress.turn = owner, turn.index
         turn_started = time.perf_counter()
-        epoch = 0
-        while epoch < config.epochs:
-            group = self._epoch_group(turn, owner, epoch)
-            flat = [rows for batches in group for rows in batches]
-            first_id = self.progress.step + 1
+        while cursor.epoch < config.epochs:
+            call = self._next_call(turn)
+            first_id = cursor.step + 1
+            flat = [item[3] for item in call]
             if self.relay:
-                results = self._relay(pipeline, first_id, flat)
+                results = iter(self._relay(pipeline, first_id, flat))
             else:
-                results = self._drive(owner, stages, first_id, flat)
-            results = iter(results)
-            for position, batches in enumerate(group):
-                self.progress.epoch = epoch
-                total_loss, correct, count = 0.0, 0, 0
-                for _ in batches:
-                    result = next(results)
-                    self.progress.step += 1
-                    total_loss += result.loss
-                    correct += result.correct
-                    count += result.count
-                    self.samples += result.count
-                    bar.update(1)
+                results = iter(self._drive(owner, stages, first_id, flat))
+            for position, ((epoch, batch, n_batches, _), result) in enumerate(
+                zip(call, results, strict=False)
+            ):
+                cursor.step += 1
+                self.progress.step, self.progress.epoch = cursor.step, epoch
+                cursor.loss_sum += result.loss
+                cursor.correct += result.correct
+                cursor.count += result.count
+                cursor.batches += 1
+                self.samples += result.count
+                bar.update(1)
+                if batch < n_batches - 1:
+                    cursor.batch = batch + 1
+                    continue
                 test = None
-                if position == len(group) - 1:
+                if position == len(call) - 1:
                     for _ in results:  # let the stream finish (flush on the relay path)
                         pass
                     if self._eval_due(epoch):
                         test = self.evaluate(owner, stages)
-                train = (total_loss / len(batches), correct, count)
+                train = (cursor.loss_sum / cursor.batches, cursor.correct, cursor.count)
                 self._end_epoch(turn, epoch, train, test, metrics)
-                bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{self.final_loss[owner]:.4f}")
-                epoch += 1
+                bar.set_postfix(owner=owner, epoch=epoch + 1, loss=f"{train[0]:.4f}")
+                replace_cursor = Cursor(turn=cursor.turn, epoch=epoch + 1, step=cursor.step)
+                self.cursor = cursor = replace_cursor
+            for _ in results:
+                pass
+            every = config.checkpoint_every
+            if every and cursor.step % every == 0 and cursor.epoch < config.epochs:
+                self.checkpoint()
         self.train_seconds += time.perf_counter() - turn_started
+        self.cursor = Cursor(turn=turn.index + 1, step=cursor.step)
 
-    def _epoch_group(self, turn: schedule.Turn, owner: str, start: int) -> list[list[list[int]]]:
-        """Batches of the epochs sent in one go: up to the end of the turn, or until the
-        rows sent reach MAX_ROWS_PER_CALL."""
-        config, group, rows = self.config, [], 0
-        for epoch in range(start, config.epochs):
-            if group and rows + self.rows[owner] > MAX_ROWS_PER_CALL:
-                break
-            group.append(
-                schedule.batches(
-                    config.seed,
-                    turn.index,
-                    epoch,
-                    self.rows[owner],
-                    config.batch_size,
-                    config.shuffle,
-                )
+    def _next_call(self, turn: schedule.Turn) -> list[tuple]:
+        """The batches sent in one go, as (epoch, batch, batches in epoch, rows): from the
+        cursor up to a checkpoint step, an evaluation, the end of the turn, or
+        MAX_ROWS_PER_CALL rows."""
+        config, cursor, owner = self.config, self.cursor, turn.owner
+        call, rows_sent = [], 0
+        every = config.checkpoint_every
+        epoch, batch = cursor.epoch, cursor.batch
+        while epoch < config.epochs:
+            batches = schedule.batches(
+                config.seed, turn.index, epoch, self.rows[owner], config.batch_size, config.shuffle
             )
-            rows += self.rows[owner]
+            while batch < len(batches):
+                call.append((epoch, batch, len(batches), batches[batch]))
+                rows_sent += len(batches[batch])
+                batch += 1
+                step = cursor.step + len(call)
+                if (every and step % every == 0) or rows_sent >= MAX_ROWS_PER_CALL:
+                    return call
             if self._eval_due(epoch):
-                break
-        return group
+                return call
+            epoch, batch = epoch + 1, 0
+        return call
 
     def _eval_due(self, epoch: int) -> bool:
         config = self.config

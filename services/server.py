@@ -10,6 +10,7 @@ import threading
 
 import torch
 
+from services.health import add_health_and_reflection
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
 from splitnn import codec
@@ -74,6 +75,7 @@ def build(args: argparse.Namespace):
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES), server
     )
+    add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port
 
 

@@ -1,0 +1,266 @@
+"""`splitnn health ADDRESS`: is a worker up and serving? Also `wait_healthy` for the orchestrator.
+
+Both ask the standard gRPC health service (`grpc.health.v1.Health/Check`) that
+every worker serves, so any gRPC health probe (grpcurl, grpc_health_probe,
+Kubernetes) gets the same answer. Nothing here imports torch: a container
+HEALTHCHECK runs this every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitnn.channels import create_channel
+from splitnn.errors import SplitnnError
+
+PROG = "splitnn health"
+DEFAULT_TIMEOUT = 5.0
+WORKER_SERVICE = "splitnn.v1.WorkerService"
+# Reconnect quickly while waiting for a worker that is still starting (gRPC's own
+# backoff grows to two minutes).
+_FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+# Answers that waiting will not change.
+_FINAL_CODES = {
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+class HealthError(SplitnnError):
+    """One or more workers are not healthy; `problems` maps worker name to the reason."""
+
+    def __init__(self, problems: dict[str, str], waited: float):
+        self.problems = dict(problems)
+        self.waited = waited
+        names = ", ".join(sorted(problems))
+        details = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
+        super().__init__(f"worker(s) not healthy after {waited:.1f}s: {names} ({details})")
+
+
+def _status_name(status: int) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+class _Probe:
+    """One worker's channel and the last thing it said."""
+
+    def __init__(self, name: str, address: str, credentials, options, metadata):
+        self.name = name
+        self.address = address
+        self.metadata = tuple(metadata)
+        self.channel = create_channel(address, credentials, _FAST_RECONNECT + list(options))
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.reason = "not asked yet"
+        self.final = False
+
+    def check(self, service: str, deadline_s: float) -> bool:
+        """Ask once; True when SERVING. Otherwise remember why not."""
+        try:
+            response = self.stub.Check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=max(deadline_s, 0.05),
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as err:
+            code = err.code()
+            details = err.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.reason = f"no answer from {self.address}"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                self.reason = f"unreachable at {self.address}: {details}"
+            elif code == grpc.StatusCode.NOT_FOUND:
+                self.reason = f"{self.address} does not report service {service!r}"
+            elif code == grpc.StatusCode.UNIMPLEMENTED:
+                self.reason = (
+                    f"{self.address} serves no gRPC health service (not a splitnn worker?): "
+                    f"{details}"
+                )
+            else:
+                self.reason = f"{self.address} answered {code.name}: {details}"
+            self.final = code in _FINAL_CODES
+            return False
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            self.reason = "SERVING"
+            return True
+        self.reason = f"{self.address} answered {_status_name(response.status)}"
+        return False
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _per_worker(value, name: str, default):
+    if isinstance(value, Mapping):
+        return value.get(name, default)
+    return default if value is None else value
+
+
+def wait_healthy(
+    addresses: dict[str, str],
+    timeout: float = 30.0,
+    credentials=None,
+    *,
+    service: str = "",
+    channel_options=(),
+    metadata=(),
+    interval: float = 0.25,
+) -> None:
+    """Wait until every worker answers SERVING, for at most `timeout` seconds in all.
+
+    `addresses` maps worker name to HOST:PORT. `credentials` (grpc.ChannelCredentials,
+    None for plaintext) and `channel_options` may be one value for all or a dict by
+    worker name. `service` "" asks about the server as a whole; "splitnn.v1.WorkerService"
+    about the worker service. Raises HealthError naming every worker that is not
+    healthy and why; a worker that refuses the question for good (no health service,
+    unknown service, not authenticated) fails it without waiting for the timeout.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    probes = {}
+    try:
+        for name, address in addresses.items():
+            probes[name] = _Probe(
+                name,
+                address,
+                _per_worker(credentials, name, None),
+                _per_worker(channel_options, name, ()),
+                _per_worker(metadata, name, ()),
+            )
+        pending = dict(probes)
+        while pending:
+            for name, probe in list(pending.items()):
+                # A short deadline per question: one stuck worker must not use up the
+                # time of the others.
+                remaining = deadline - time.monotonic()
+                if probe.check(service, min(remaining, 2.0)):
+                    del pending[name]
+            if all(p.final for p in pending.values()) and pending:
+                break
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+        if pending:
+            problems = {n: p.reason for n, p in pending.items()}
+            raise HealthError(problems, time.monotonic() - start)
+    finally:
+        for probe in probes.values():
+            probe.close()
+
+
+def check_health(
+    address: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    credentials=None,
+    *,
+    service: str = "",
+    channel_options=(),
+    metadata=(),
+) -> None:
+    """Wait (at most `timeout` s) until the worker at `address` answers SERVING."""
+    wait_healthy(
+        {address: address},
+        timeout,
+        credentials,
+        service=service,
+        channel_options=channel_options,
+        metadata=metadata,
+    )
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``health`` to the main CLI's subparsers."""
+    p = subparsers.add_parser(
+        "health",
+        help="exit 0 when the worker at ADDRESS answers SERVING (grpc.health.v1)",
+        description="Ask a worker's standard gRPC health service. Exit 0 when it answers "
+        "SERVING, 1 when it does not within the timeout (unreachable, not serving, or no "
+        "health service).",
+    )
+    p.add_argument("address", metavar="ADDRESS", help="HOST:PORT of a worker")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds to keep trying (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--service",
+        default="",
+        help=f'service to ask about: "" for the whole server (default) or {WORKER_SERVICE}',
+    )
+    p.add_argument("--tls-ca", help="CA certificate (PEM) to verify the worker: use TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM), for workers that require one")
+    p.add_argument("--tls-key", help="client private key (PEM) of --tls-cert")
+    p.add_argument(
+        "--server-name", help="name to expect in the worker's certificate (default: its host)"
+    )
+    p.set_defaults(func=run_health)
+    return p
+
+
+def _credentials(args):
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return None, ()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+
+    def read(path):
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(
+        read(args.tls_ca), read(args.tls_key), read(args.tls_cert)
+    )
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    return credentials, options
+
+
+def run_health(args) -> int:
+    """Run ``health``: one line on stdout when SERVING (exit 0), on stderr otherwise (exit 1)."""
+    what = f" ({args.service})" if args.service else ""
+    try:
+        credentials, options = _credentials(args)
+        check_health(
+            args.address,
+            args.timeout,
+            credentials,
+            service=args.service,
+            channel_options=options,
+        )
+    except HealthError as err:
+        print(
+            f"{PROG}: {args.address}{what} is not healthy after {err.waited:.1f}s: "
+            f"{err.problems[args.address]}",
+            file=sys.stderr,
+        )
+        return 1
+    except (ValueError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.address}{what}: SERVING")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry: ``python -m orchestrator.cli_health health ADDRESS``."""
+    parser = argparse.ArgumentParser(prog="splitnn")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
