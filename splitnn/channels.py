@@ -16,11 +16,20 @@ _OPTIONS = [
 ]
 
 
+# Clients ping every 10 s to notice a dead link; the server must accept that.
+_SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 def create_server(address: str, max_workers: int = 16, interceptors=(), credentials=None):
     """A server bound to `address` (port 0 picks a free one); returns (server, port)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=_OPTIONS,
+        options=_OPTIONS + _SERVER_OPTIONS,
         interceptors=list(interceptors),
     )
     if credentials is None:
