@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,13 +51,21 @@ class RunError(SplitnnError):
     """The run cannot go on; the message names the worker and where it stopped."""
 
 
+# The global RNG is what plain PyTorch code uses to build a model; runs started
+# from several threads of one process must not interleave their draws.
+_GLOBAL_RNG = threading.Lock()
+
+
 def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
     """Segment weights as plain PyTorch builds them: manual_seed, then segments in order."""
-    torch.manual_seed(config.seed)
-    states = []
-    for seg in config.segments:
-        module = layer_specs.build_segment(seg.layers, f"segments[{seg.index}]")
-        states.append({f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+    with _GLOBAL_RNG, torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        states = []
+        for seg in config.segments:
+            module = layer_specs.build_segment(seg.layers, f"segments[{seg.index}]")
+            states.append(
+                {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+            )
     return states
 
 

@@ -23,25 +23,37 @@ FLUSH_BATCHES = 256
 
 
 class Driver:
-    """Runs Drive requests for one host, keeping peer connections between calls."""
+    """Runs Drive requests for one host, keeping peer connections between calls.
+
+    A peer connection (one Exchange stream) serves one Drive call at a time:
+    concurrent runs each check out their own, so their ops never interleave.
+    """
 
     def __init__(self, host: SegmentHost, client_factory=None):
         self.host = host
-        self.local = LocalClient(host)
         self.client_factory = client_factory or (lambda name, address: WorkerClient(name, address))
-        self._peers: dict[tuple[str, str], WorkerClient] = {}
+        self._idle: dict[tuple[str, str], list[WorkerClient]] = {}
         self._lock = threading.Lock()
 
-    def _client(self, stage: worker_pb2.Stage):
-        if stage.host == self.host.name:
-            return self.local
+    def _checkout(self, stage: worker_pb2.Stage) -> WorkerClient:
         if not stage.address:
             raise InvalidArgument(f"stage on host {stage.host!r} has no address")
         key = (stage.host, stage.address)
         with self._lock:
-            if key not in self._peers:
-                self._peers[key] = self.client_factory(stage.host, stage.address)
-            return self._peers[key]
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        return self.client_factory(stage.host, stage.address)
+
+    def _checkin(self, clients: dict, healthy: bool) -> None:
+        for client in clients.values():
+            if isinstance(client, LocalClient):
+                continue
+            if not healthy:
+                client.close()
+                continue
+            with self._lock:
+                self._idle.setdefault((client.name, client.address), []).append(client)
 
     def drive(self, request: worker_pb2.DriveRequest):
         """Train (or evaluate) the request's batches; yield DriveResponses with results."""
@@ -57,7 +69,11 @@ class Driver:
         if loss_name is None:
             raise InvalidArgument(f"unknown loss kind {request.loss}")
         stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
-        clients = {s.host: self._client(s) for s in request.stages}
+        clients = {}
+        for stage in request.stages:
+            if stage.host not in clients:
+                own = stage.host == self.host.name
+                clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
         pipeline = Pipeline(clients, request.run_id, stages, loss_name)
         evaluate = request.mode == worker_pb2.FORWARD_MODE_EVAL
         pending = worker_pb2.DriveResponse()
@@ -81,15 +97,8 @@ class Driver:
                     pending, last_flush = worker_pb2.DriveResponse(), now
             pipeline.flush()
         except BaseException:
-            self._reset_peers(clients)
+            self._checkin(clients, healthy=False)
             raise
+        self._checkin(clients, healthy=True)
         if len(pending.results):
             yield pending
-
-    def _reset_peers(self, clients) -> None:
-        """After a failure, drop peer streams so the next Drive starts clean."""
-        with self._lock:
-            for key, client in list(self._peers.items()):
-                if client in clients.values():
-                    client.close()
-                    del self._peers[key]
