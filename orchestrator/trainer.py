@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import grpc
 import torch
 from tqdm import tqdm
 
@@ -402,8 +403,24 @@ class Trainer:
             )
         for offset, rows in enumerate(batches):
             request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)
-        for result in self.clients[owner].drive(request):
-            yield result.loss
+        client, answered = self.clients[owner], 0
+        for attempt in range(client.retries + 1):
+            if answered:
+                remaining = list(request.batches)[answered:]
+                del request.batches[:]
+                request.batches.extend(remaining)
+                answered = 0
+            try:
+                for result in client.drive(request):
+                    answered += 1
+                    yield result.loss
+                return
+            except WorkerError as err:
+                # A dropped link: send the batches not answered yet; the owner's worker
+                # knows which of them it already trained and does not train them twice.
+                if err.code != grpc.StatusCode.UNAVAILABLE or attempt == client.retries:
+                    raise
+                time.sleep(min(client.backoff * 2**attempt, 2.0))
 
     def _report(self, wall_time: float) -> dict:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 
 from services.local_client import LocalClient
 from services.segment_host import SegmentHost
@@ -20,6 +21,7 @@ from splitnn.v1 import worker_pb2
 
 FLUSH_SECONDS = 0.25
 FLUSH_BATCHES = 256
+REMEMBERED_BATCHES = 4096
 
 
 class Driver:
@@ -34,6 +36,9 @@ class Driver:
         self.client_factory = client_factory or (lambda name, address: WorkerClient(name, address))
         self._idle: dict[tuple[str, str], list[WorkerClient]] = {}
         self._lock = threading.Lock()
+        # Results of recent training batches per run: a Drive retried after a lost
+        # connection skips the batches already trained and reports them again.
+        self._done: dict[str, OrderedDict[int, worker_pb2.BatchResult]] = {}
 
     def _checkout(self, stage: worker_pb2.Stage) -> WorkerClient:
         if not stage.address:
@@ -79,18 +84,26 @@ class Driver:
         pending = worker_pb2.DriveResponse()
         last_flush = time.monotonic()
         try:
+            done = self._done.setdefault(request.run_id, OrderedDict())
             for batch in request.batches:
                 rows = list(batch.indices)
+                if not evaluate and batch.batch_id in done:
+                    pending.results.append(done[batch.batch_id])
+                    continue
                 if evaluate:
                     result = pipeline.evaluate_batch(batch.batch_id, request.dataset, rows)
                 else:
                     result = pipeline.train_step(batch.batch_id, request.dataset, rows)
-                pending.results.add(
+                answer = pending.results.add(
                     batch_id=batch.batch_id,
                     loss=worker_pb2.LossResult(
                         loss=result.loss, correct=result.correct, count=result.count
                     ),
                 )
+                if not evaluate:
+                    done[batch.batch_id] = answer
+                    while len(done) > REMEMBERED_BATCHES:
+                        done.popitem(last=False)
                 now = time.monotonic()
                 if len(pending.results) >= FLUSH_BATCHES or now - last_flush > FLUSH_SECONDS:
                     yield pending

@@ -23,7 +23,7 @@ class LocalClient:
 
     def submit(self, kind: str, op, tensor=None, field: str = "") -> None:
         """Apply an op now; its answer waits for receive()."""
-        head, out, _ = ops.APPLY[kind](self.host, op, tensor)
+        head, out, _ = ops.apply(kind, self.host, op, tensor)
         self._answers.append(Reply(head, out))
 
     def receive(self) -> Reply:

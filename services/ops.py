@@ -62,4 +62,24 @@ def apply_step(host: SegmentHost, op: worker_pb2.StepRequest, tensor=None):
     return worker_pb2.StepResponse(batch_id=op.batch_id), None, ""
 
 
-APPLY = {"forward": apply_forward, "backward": apply_backward, "step": apply_step}
+_APPLY = {"forward": apply_forward, "backward": apply_backward, "step": apply_step}
+
+
+def _replayable(kind: str, op) -> bool:
+    # Evaluation keeps no state, so repeating it is harmless; batch id 0 means "no id".
+    if op.batch_id == 0:
+        return False
+    return kind != "forward" or op.mode != worker_pb2.FORWARD_MODE_EVAL
+
+
+def apply(kind: str, host: SegmentHost, op, tensor=None):
+    """Apply an op once: a repeat of the latest op with the same ids (a retry after a
+    lost answer) gets the stored answer instead of running again."""
+    if not _replayable(kind, op):
+        return _APPLY[kind](host, op, tensor)
+    key = (op.run_id, kind, tuple(op.segments))
+    answer = host.replay.get(key, op.batch_id)
+    if answer is None:
+        answer = _APPLY[kind](host, op, tensor)
+        host.replay.put(key, op.batch_id, answer)
+    return answer

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from services.replay import ReplayCache
 from splitnn import layers as layer_specs
 from splitnn import optim as optim_specs
 from splitnn.datasets import Dataset
@@ -84,6 +85,7 @@ class SegmentHost:
         self._segments: dict[tuple[str, int], Segment] = {}
         self._pending: dict[tuple, PendingBatch] = {}
         self._lock = threading.RLock()
+        self.replay = ReplayCache()
 
     # ---- loading, export, drop -------------------------------------------------
 
@@ -116,6 +118,7 @@ class SegmentHost:
         with self._lock:
             self._check_slot(key, replace)  # again: another load may have won meanwhile
             self._drop_pending(run_id, index)
+            self.replay.forget_segment(run_id, index)
             self._segments[key] = segment
         return segment
 
@@ -144,6 +147,7 @@ class SegmentHost:
             self._segment(run_id, index)
             del self._segments[(run_id, index)]
             self._drop_pending(run_id, index)
+            self.replay.forget_segment(run_id, index)
 
     def segments(self) -> list[Segment]:
         """Hosted segments, ordered by run and index."""

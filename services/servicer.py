@@ -204,17 +204,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(self._count_in(request_iterator), _unwrap_forward, max_bytes):
-                yield from self._answer(ops.apply_forward(self.host, op, tensor))
+                yield from self._answer(ops.apply("forward", self.host, op, tensor))
 
     def Backward(self, request_iterator, context):
         with _errors_to_status(context):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(self._count_in(request_iterator), _unwrap_backward, max_bytes):
-                yield from self._answer(ops.apply_backward(self.host, op, tensor))
+                yield from self._answer(ops.apply("backward", self.host, op, tensor))
 
     def Step(self, request, context):
         with _errors_to_status(context):
-            head, _, _ = ops.apply_step(self.host, request)
+            head, _, _ = ops.apply("step", self.host, request)
             return head
 
     def Exchange(self, request_iterator, context):
@@ -222,7 +222,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(self._count_in(request_iterator), _unwrap_exchange, max_bytes):
                 kind = _KIND_OF[type(op)]
-                for part in self._answer(ops.APPLY[kind](self.host, op, tensor)):
+                for part in self._answer(ops.apply(kind, self.host, op, tensor)):
                     yield worker_pb2.ExchangeResponse(**{kind: part})
 
     def Drive(self, request, context):

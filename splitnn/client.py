@@ -62,12 +62,16 @@ class WorkerClient:
         credentials=None,
         timeout: float = DEFAULT_TIMEOUT,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        retries: int = 5,
+        backoff: float = 0.1,
         channel_options=(),
         metadata=(),
     ):
         self.name = name
         self.address = address
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
         self.chunk_bytes = chunk_bytes
         self.metadata = tuple(metadata)
         self.channel = create_channel(
@@ -83,11 +87,23 @@ class WorkerClient:
 
     # ---- unary-style calls -----------------------------------------------------
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, timeout=self.timeout, metadata=self.metadata, **kwargs)
-        except grpc.RpcError as err:
-            raise WorkerError(self.name, what, err.code(), err.details()) from None
+    def _call(self, what: str, fn, request, done_if_retried=()):
+        """A call with a deadline; UNAVAILABLE is retried with backoff. `request` may be
+        a function making a fresh request iterator per attempt. A status listed in
+        `done_if_retried` on a retry means the first attempt was applied (its answer
+        was lost), e.g. ALREADY_EXISTS for a load."""
+        for attempt in range(self.retries + 1):
+            try:
+                message = request() if callable(request) else request
+                return fn(message, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as err:
+                if attempt and err.code() in done_if_retried:
+                    return None
+                retry = err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                if not retry:
+                    raise WorkerError(self.name, what, err.code(), err.details()) from None
+            time.sleep(min(self.backoff * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the worker's channel is up, or raise naming the worker."""
@@ -131,7 +147,12 @@ class WorkerClient:
                 else:
                     messages.append(worker_pb2.LoadSegmentRequest(state=chunk))
         self.bytes_sent += sum(m.ByteSize() for m in messages)
-        self._call(f"LoadSegment({index})", self.stub.LoadSegment, iter(messages))
+        self._call(
+            f"LoadSegment({index})",
+            self.stub.LoadSegment,
+            lambda: iter(messages),
+            done_if_retried=(grpc.StatusCode.ALREADY_EXISTS,),
+        )
 
     def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
         """The segment's weights and optimizer state, as named tensors."""
@@ -153,7 +174,12 @@ class WorkerClient:
         """Forget a segment on the worker."""
         request = worker_pb2.DropSegmentRequest(run_id=run_id, index=index)
         self.bytes_sent += request.ByteSize()
-        self._call(f"DropSegment({index})", self.stub.DropSegment, request)
+        self._call(
+            f"DropSegment({index})",
+            self.stub.DropSegment,
+            request,
+            done_if_retried=(grpc.StatusCode.NOT_FOUND,),
+        )
 
     def drive(self, request: worker_pb2.DriveRequest, timeout: float | None = None):
         """Have this worker (a data owner) drive batches through the chain; yields
@@ -189,33 +215,53 @@ class WorkerClient:
         for message in messages:
             self.bytes_sent += message.ByteSize()
             self._requests.put(message)
-        self._pending.append((kind, time.monotonic()))
+        self._pending.append((kind, messages))
 
     def receive(self) -> Reply:
         """The answer to the oldest op not yet answered."""
         if not self._pending:
             raise RuntimeError("no op awaits an answer")
-        kind, _ = self._pending.popleft()
+        kind, _ = self._pending[0]
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self._read_reply(kind)
+                self._pending.popleft()
+                return reply
+            except grpc.RpcError as err:
+                code, details = err.code(), err.details()
+            except StopIteration:
+                code, details = None, "stream closed"
+            if code != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                self._reset_stream()
+                raise WorkerError(self.name, f"Exchange {kind}", code, details)
+            # Transient: reopen the stream and send every unanswered op again. Ops
+            # carry (run, segments, batch id); the worker applies each only once.
+            time.sleep(min(self.backoff * 2**attempt, 2.0))
+            self._resend()
+        raise AssertionError("unreachable")
+
+    def _read_reply(self, kind: str) -> Reply:
         head, tensor, assembler = None, None, codec.TensorAssembler()
-        try:
-            while True:
-                message = next(self._responses)
-                self.bytes_received += message.ByteSize()
-                part = getattr(message, message.WhichOneof("result"))
-                if head is None:
-                    head = part
-                field = next((f for f in _RESPONSE_TENSOR[kind] if part.HasField(f)), None)
-                if field is None:
-                    return Reply(head, None)
-                tensor = assembler.add(getattr(part, field))
-                if tensor is not None:
-                    return Reply(head, tensor)
-        except grpc.RpcError as err:
-            self._reset_stream()
-            raise WorkerError(self.name, f"Exchange {kind}", err.code(), err.details()) from None
-        except StopIteration:
-            self._reset_stream()
-            raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed") from None
+        while True:
+            message = next(self._responses)
+            self.bytes_received += message.ByteSize()
+            part = getattr(message, message.WhichOneof("result"))
+            if head is None:
+                head = part
+            field = next((f for f in _RESPONSE_TENSOR[kind] if part.HasField(f)), None)
+            if field is None:
+                return Reply(head, None)
+            tensor = assembler.add(getattr(part, field))
+            if tensor is not None:
+                return Reply(head, tensor)
+
+    def _resend(self) -> None:
+        pending = list(self._pending)
+        self._close_stream()
+        self._ensure_stream()
+        for _, messages in pending:
+            for message in messages:
+                self._requests.put(message)
 
     def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
         """Send an op and wait for its answer (and every earlier one)."""
@@ -229,12 +275,15 @@ class WorkerClient:
             reply = self.receive()
         return reply
 
-    def _reset_stream(self) -> None:
+    def _close_stream(self) -> None:
         if self._requests is not None:
             self._requests.put(None)
         if self._responses is not None:
             self._responses.cancel()
         self._requests, self._responses = None, None
+
+    def _reset_stream(self) -> None:
+        self._close_stream()
         self._pending.clear()
 
     def close(self) -> None:

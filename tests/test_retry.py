@@ -1,0 +1,140 @@
+"""Transient network failures are retried, and a retried op is applied once."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+
+import torch
+from torch import nn
+
+from splitnn import optim as optim_specs
+from splitnn.client import WorkerClient
+from splitnn.datasets import TOY_NAME, toy_arrays
+from splitnn.losses import compute_loss
+from splitnn.pipeline import Pipeline, Stage
+
+RUN = "retry-run"
+LAYERS = [
+    [{"type": "Linear", "in_features": 4, "out_features": 3}, {"type": "Tanh"}],
+    [{"type": "Linear", "in_features": 3, "out_features": 1}, {"type": "Sigmoid"}],
+]
+OPTIMIZER = optim_specs.normalize({"name": "sgd", "lr": 0.2, "momentum": 0.9})
+
+
+class CuttingProxy:
+    """A loopback TCP proxy whose connections can be cut at any moment."""
+
+    def __init__(self, target: str):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        """Reset every open connection (as a dropped link would)."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+            self.cuts += 1
+        for s in sockets:
+            try:
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+
+
+def reference_weights(initial, steps):
+    model = nn.Sequential(
+        *[nn.Sequential(nn.Linear(4, 3), nn.Tanh()), nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())]
+    )
+    model.load_state_dict(initial)
+    optimizer = optim_specs.build_optimizer(model.parameters(), OPTIMIZER)
+    x, y = (torch.from_numpy(a) for a in toy_arrays())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        compute_loss("sum_squared_error", model(x), y).backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+def test_ops_retried_through_dropped_connections_are_applied_once(worker):
+    torch.manual_seed(0)
+    modules = [
+        nn.Sequential(nn.Linear(4, 3), nn.Tanh()),
+        nn.Sequential(nn.Linear(3, 1), nn.Sigmoid()),
+    ]
+    initial = {
+        f"{i}.{k}": v.clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()
+    }
+    proxy = CuttingProxy(worker.address)
+    client = WorkerClient("alice", proxy.address, backoff=0.02, retries=8)
+    try:
+        for i, module in enumerate(modules):
+            state = {f"model.{k}": v for k, v in module.state_dict().items()}
+            client.load_segment(RUN, i, LAYERS[i], OPTIMIZER, state)
+        # Two stages on one worker, so each step is a Forward, then a Forward with the
+        # loss, then a Backward: three chances per step for a cut to lose an answer.
+        pipeline = Pipeline(
+            {"a": client, "b": client},
+            RUN,
+            [Stage("a", (0,)), Stage("b", (1,))],
+            "sum_squared_error",
+        )
+        rng = random.Random(1)
+        steps = 60
+        for step in range(1, steps + 1):
+            if rng.random() < 0.3:
+                threading.Timer(rng.random() * 0.002, proxy.cut).start()
+            pipeline.train_step(step, TOY_NAME, list(range(16)))
+        pipeline.flush()
+        assert proxy.cuts >= 10
+        exported = {}
+        for i in range(2):
+            state = client.export_segment(RUN, i)
+            exported.update({f"{i}.{k[6:]}": v for k, v in state.items() if k.startswith("model.")})
+    finally:
+        client.close()
+        proxy.close()
+    expected = reference_weights(initial, steps)
+    for key, value in expected.items():
+        assert torch.allclose(exported[key], value, atol=1e-6), key
