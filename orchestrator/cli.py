@@ -30,7 +30,12 @@ def _cmd_train(args) -> int:
     config = load_config(args.config)
     if args.checkpoint_every is not None:
         config.checkpoint_every = args.checkpoint_every
-    report = train(config, Path(args.out), args.local, relay=args.relay, resume=resume)
+    from orchestrator.cli_certs import security_from_args
+
+    security = security_from_args(args)
+    report = train(
+        config, Path(args.out), args.local, relay=args.relay, resume=resume, security=security
+    )
     print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
     print(
         f"trained {report['steps']} steps in {report['wall_time_s']:.1f}s "
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="carry every activation through this process (default: the owner's worker drives)",
     )
+    from orchestrator.cli_certs import add_security_arguments
+
+    add_security_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="a saved model's loss and accuracy on each owner's data")
@@ -118,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
 
-    for module in ("orchestrator.cli_data", "orchestrator.cli_health"):
+    for module in ("orchestrator.cli_data", "orchestrator.cli_health", "orchestrator.cli_certs"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError:

@@ -65,6 +65,8 @@ class LocalWorkers:
             "--log-level",
             "WARNING",
         ]
+        if not self.extra_args.get(host):
+            cmd.append("--insecure")  # loopback only; secured runs pass their own flags
         for name, path in self.data[host].items():
             cmd += ["--data", f"{name}={path}"]
         cmd += self.extra_args.get(host, [])

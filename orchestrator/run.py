@@ -3,22 +3,78 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 from orchestrator.config import Config, ConfigError
 from orchestrator.local_workers import LocalWorkers
 from orchestrator.trainer import Trainer
-from splitnn.client import WorkerClient
+from splitnn.client import WorkerClient, WorkerError
+from splitnn.security import Security
+
+
+def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:
+    """A file holding the token for local workers (the given one, or a private temp file)."""
+    if not security.token or security.token_file is not None:
+        return security.token_file
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitnn-token-")))
+    path = tmp / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(security.token + "\n")
+    return path
+
+
+def _wait_ready(client: WorkerClient, timeout: float, security: Security | None) -> None:
+    try:
+        client.wait_ready(timeout)
+    except WorkerError as err:
+        if security is None or not security.tls:
+            raise
+        # A TLS failure (wrong CA, or a certificate for another name) looks like a
+        # worker that never answers; one call tells the reason.
+        try:
+            client.status()
+        except WorkerError as detail:
+            raise WorkerError(
+                client.name,
+                "connect",
+                detail.code,
+                f"{detail.details} (TLS: the worker at {client.address} must present a "
+                f"certificate for {client.name!r} signed by {security.ca})",
+            ) from None
+        raise err from None
 
 
 @contextlib.contextmanager
-def connected_workers(config: Config, local: bool, threads: int = 1, connect_timeout: float = 30.0):
-    """Clients for every host of the config; with `local`, workers started here."""
+def connected_workers(
+    config: Config,
+    local: bool,
+    threads: int = 1,
+    connect_timeout: float = 30.0,
+    security: Security | None = None,
+):
+    """Clients for every host of the config; with `local`, workers started here.
+
+    With `security`, every client uses its TLS credentials and/or token, and the
+    worker we call NAME must present a certificate for NAME (or for the entry's
+    `server_name`). Local workers are then started with matching flags, each with
+    its own certificate (HOST.pem / HOST.key from `security.host_cert_dir`).
+    """
     stack = contextlib.ExitStack()
     with stack:
+        server_names = {h: w.server_name for h, w in config.workers.items()}
         if local:
             data = {h: {k: str(v) for k, v in w.data.items()} for h, w in config.workers.items()}
-            workers = stack.enter_context(LocalWorkers(data, threads=threads))
+            extra_args = {}
+            if security is not None:
+                token_file = _token_file(stack, security)
+                extra_args = {h: security.worker_args(h, token_file) for h in data}
+                server_names = {}  # local workers present their own host's certificate
+            workers = stack.enter_context(
+                LocalWorkers(data, threads=threads, extra_args=extra_args)
+            )
             addresses = workers.addresses
         else:
             addresses = {}
@@ -28,11 +84,18 @@ def connected_workers(config: Config, local: bool, threads: int = 1, connect_tim
                         f"{config.path}: workers.{host}.address is needed without --local"
                     )
                 addresses[host] = worker.address
-        clients = {host: WorkerClient(host, addr) for host, addr in addresses.items()}
+        if security is None:
+            clients = {host: WorkerClient(host, addr) for host, addr in addresses.items()}
+        else:
+            factory = security.client_factory()
+            clients = {
+                host: factory(host, addr, server_names.get(host))
+                for host, addr in addresses.items()
+            }
         for client in clients.values():
             stack.callback(client.close)
         for client in clients.values():
-            client.wait_ready(connect_timeout)
+            _wait_ready(client, connect_timeout, security)
         yield clients
 
 
@@ -44,9 +107,10 @@ def train(
     show_progress=None,
     relay=False,
     resume=None,
+    security: Security | None = None,
 ) -> dict:
     """Train `config` (or continue from a checkpoint), writing outputs to `out_dir`."""
-    with connected_workers(config, local) as clients:
+    with connected_workers(config, local, security=security) as clients:
         trainer = Trainer(
             config, clients, out_dir, on_epoch=on_epoch, show_progress=show_progress, relay=relay
         )

@@ -7,6 +7,7 @@ method either completes or leaves the host exactly as it was.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -206,7 +207,8 @@ class SegmentHost:
 
     def _run_forward(self, chain, key, x, needs_input_grad, train, target, loss, step, want_output):
         for segment in chain:
-            segment.module.train(train)
+            if segment.module.training != train:
+                segment.module.train(train)
         if not train:
             with torch.no_grad():
                 out = _apply(chain, x)
@@ -226,11 +228,11 @@ class SegmentHost:
         loss_name, _, _ = loss
         value = compute_loss(loss_name, out, target)
         loss_value = value.item()
-        if not torch.isfinite(value):
+        if not math.isfinite(loss_value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
         value.backward()
         grad = leaf.grad if needs_input_grad else None
-        if grad is not None and not torch.isfinite(grad).all():
+        if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if step:
             _step(chain)
@@ -263,7 +265,7 @@ class SegmentHost:
                     f"gradient shape {list(output_grad.shape)} does not match output shape "
                     f"{list(pending.output.shape)}"
                 )
-            if not torch.isfinite(output_grad).all():
+            if not all_finite(output_grad):
                 raise NumericalError(f"gradient for batch {batch_id} holds NaN or Inf")
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
                 pending.output.backward(output_grad)
@@ -336,6 +338,14 @@ class SegmentHost:
     def _drop_pending(self, run_id: str, index: int) -> None:
         for key in [k for k in self._pending if k[0] == run_id and index in k[1]]:
             del self._pending[key]
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf: one reduction instead of a mask (NaN and Inf
+    propagate through a sum; only a sum past 1e308 of finite values reads as Inf)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
 
 
 def _check_run_id(run_id: str) -> None:

@@ -7,9 +7,11 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import torch
 
+from services.driver import Driver
 from services.health import add_health_and_reflection
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
@@ -17,6 +19,7 @@ from splitnn import codec
 from splitnn.channels import create_server
 from splitnn.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.security import Security, is_loopback
 from splitnn.v1 import worker_pb2_grpc
 
 log = logging.getLogger("splitnn.worker")
@@ -48,6 +51,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-pending", type=int, default=64, help="batches awaiting Backward")
     p.add_argument("--max-tensor-mb", type=int, default=1024)
     p.add_argument("--log-level", default="INFO")
+    sec = p.add_argument_group(
+        "security",
+        "A worker needs TLS, a token, or both; plaintext without a token only with --insecure.",
+    )
+    sec.add_argument("--tls-cert", metavar="PEM", help="this worker's certificate (server+client)")
+    sec.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    sec.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="CA certificate: callers must present a certificate it signed (mutual TLS), "
+        "and peers this worker calls must too",
+    )
+    sec.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="refuse calls without metadata 'authorization: Bearer <token in PATH>'; "
+        "sent to peers too",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext without a token (anyone who reaches the port may use the worker)",
+    )
     return p.parse_args(argv)
 
 
@@ -62,8 +88,47 @@ def load_datasets(specs: list[str]) -> dict:
     return datasets
 
 
+def worker_security(args: argparse.Namespace) -> Security | None:
+    """The worker's security from its flags; refuses to run unprotected unless --insecure."""
+    cert, key, ca = (getattr(args, f, None) for f in ("tls_cert", "tls_key", "tls_ca"))
+    token_file = getattr(args, "token_file", None)
+    if (cert or key or ca) and not (cert and key and ca):
+        raise SplitnnError("--tls-cert, --tls-key and --tls-ca go together (mutual TLS)")
+    security = None
+    if ca or token_file:
+        security = Security(
+            ca=ca and Path(ca),
+            cert=cert and Path(cert),
+            key=key and Path(key),
+            token_file=token_file and Path(token_file),
+        )
+        security.check_files()
+    elif not getattr(args, "insecure", False):
+        raise SplitnnError(
+            "refusing to serve without protection: give --tls-cert/--tls-key/--tls-ca "
+            "(see `splitnn certs`) and/or --token-file, or --insecure to accept plaintext "
+            "calls from anyone who reaches the port"
+        )
+    if not is_loopback(args.listen) and (security is None or not security.tls):
+        if security is None:
+            log.warning(
+                "WARNING: --insecure on %s, which is not loopback: no TLS, no token; anyone "
+                "who reaches this port can load, read and run segments and read this "
+                "host's data through them",
+                args.listen,
+            )
+        else:
+            log.warning(
+                "WARNING: listening on %s without TLS: the token and all tensors cross the "
+                "network in plaintext",
+                args.listen,
+            )
+    return security
+
+
 def build(args: argparse.Namespace):
     """Create the host, the servicer and the bound server (not started)."""
+    security = worker_security(args)
     limits = Limits(
         max_segments=args.max_segments,
         max_parameters=args.max_parameters,
@@ -71,9 +136,20 @@ def build(args: argparse.Namespace):
         max_tensor_bytes=args.max_tensor_mb << 20,
     )
     host = SegmentHost(args.name, load_datasets(args.data), limits)
-    server, port = create_server(args.listen)
+    if security is None:
+        server, port = create_server(args.listen)
+        driver = Driver(host)
+    else:
+        server, port = create_server(
+            args.listen,
+            interceptors=security.server_interceptors(),
+            credentials=security.server_credentials(),
+        )
+        # Driving the chain, this worker dials its peers with its own certificate and
+        # token, expecting the peer called NAME to present a certificate for NAME.
+        driver = Driver(host, client_factory=security.client_factory())
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES), server
+        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server
     )
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port

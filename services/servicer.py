@@ -222,8 +222,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             max_bytes = self.host.limits.max_tensor_bytes
             for op, tensor in _ops(self._count_in(request_iterator), _unwrap_exchange, max_bytes):
                 kind = _KIND_OF[type(op)]
-                for part in self._answer(ops.apply(kind, self.host, op, tensor)):
-                    yield worker_pb2.ExchangeResponse(**{kind: part})
+                # Step after answering: the optimizer runs while the gradient travels
+                # on and the next host works. The next op on this stream waits for it.
+                step_after = kind == "backward" and op.step
+                if step_after:
+                    op.step = False
+                answer, fresh = ops.apply_once(kind, self.host, op, tensor)
+                try:
+                    for part in self._answer(answer):
+                        yield worker_pb2.ExchangeResponse(**{kind: part})
+                finally:
+                    if step_after and fresh:
+                        self.host.step(op.run_id, list(op.segments))
 
     def Drive(self, request, context):
         with _errors_to_status(context):

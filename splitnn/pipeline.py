@@ -73,23 +73,27 @@ class Pipeline:
                 op.loss.kind = self.loss_kind
                 op.loss.dataset = dataset
                 op.loss.indices.extend(rows)
-                op.step = True
+                op.step = len(stages) == 1
             reply = self.clients[stage.host].call("forward", op, activation, "input")
             activation = reply.tensor
         loss = reply.message.loss
         grad = activation
+        owed = stages[-1] if len(stages) > 1 else None  # its step overlaps the next backward
         for i in range(len(stages) - 2, -1, -1):
             stage = stages[i]
             op = worker_pb2.BackwardRequest(
                 run_id=run, segments=stage.segments, batch_id=batch_id, step=True
             )
             client = self.clients[stage.host]
-            if i == 0:
-                # Nothing flows back from the first stage: do not wait for its answer;
-                # the stream keeps it ordered before this worker's next op.
-                client.submit("backward", op, grad, "output_grad")
-            else:
-                grad = client.call("backward", op, grad, "output_grad").tensor
+            client.submit("backward", op, grad, "output_grad")
+            if owed is not None:
+                step = worker_pb2.StepRequest(run_id=run, segments=owed.segments, batch_id=batch_id)
+                self.clients[owed.host].submit("step", step)
+                owed = None
+            # Nothing flows back from the first stage: do not wait for its answer; the
+            # stream keeps it ordered before this worker's next op.
+            if i > 0:
+                grad = client.drain().tensor
         return StepResult(loss.loss, loss.correct, loss.count)
 
     def evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
