@@ -12,7 +12,6 @@ import argparse
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -202,30 +201,32 @@ def register(subparsers) -> argparse.ArgumentParser:
         default="",
         help=f'service to ask about: "" for the whole server (default) or {WORKER_SERVICE}',
     )
-    p.add_argument("--tls-ca", help="CA certificate (PEM) to verify the worker: use TLS")
-    p.add_argument("--tls-cert", help="client certificate (PEM), for workers that require one")
-    p.add_argument("--tls-key", help="client private key (PEM) of --tls-cert")
-    p.add_argument(
-        "--server-name", help="name to expect in the worker's certificate (default: its host)"
+    tls = p.add_argument_group(
+        "TLS", "for a worker started with --tls-cert/--tls-key/--tls-ca (mutual TLS)"
+    )
+    tls.add_argument(
+        "--tls-dir", help="use DIR/ca.pem and DIR/orchestrator.pem/.key (as `splitnn train`)"
+    )
+    tls.add_argument("--tls-ca", help="CA certificate (PEM) the worker's certificate is from")
+    tls.add_argument("--tls-cert", help="this client's certificate (PEM)")
+    tls.add_argument("--tls-key", help="the private key of --tls-cert")
+    tls.add_argument(
+        "--server-name",
+        help="name the worker's certificate must carry, e.g. alice (default: ADDRESS's host)",
     )
     p.set_defaults(func=run_health)
     return p
 
 
 def _credentials(args):
-    if not (args.tls_ca or args.tls_cert or args.tls_key):
+    """(credentials, channel options) from the TLS flags; (None, ()) without them."""
+    from splitnn.security import Security
+
+    security = Security.from_options(args.tls_dir, args.tls_ca, args.tls_cert, args.tls_key)
+    if security is None or not security.tls:
         return None, ()
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
-
-    def read(path):
-        return Path(path).read_bytes() if path else None
-
-    credentials = grpc.ssl_channel_credentials(
-        read(args.tls_ca), read(args.tls_key), read(args.tls_cert)
-    )
-    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
-    return credentials, options
+    options = security.channel_options(args.server_name) if args.server_name else []
+    return security.channel_credentials(), options
 
 
 def run_health(args) -> int:
@@ -247,7 +248,7 @@ def run_health(args) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ValueError, OSError) as err:
+    except (SplitnnError, OSError) as err:  # unreadable or incomplete TLS files
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     print(f"{args.address}{what}: SERVING")

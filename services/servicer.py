@@ -57,7 +57,9 @@ def _errors_to_status(context: grpc.ServicerContext):
     try:
         yield
     except WorkerError as err:  # a peer this worker called (when driving) failed
-        context.abort(err.code or grpc.StatusCode.UNAVAILABLE, str(err))
+        # ABORTED, not the peer's code: the caller must not retry the whole Drive
+        # for a peer that this worker has already retried.
+        context.abort(grpc.StatusCode.ABORTED, str(err))
     except SplitnnError as err:
         context.abort(status_code(err), f"{type(err).__name__}: {err}")
     except grpc.RpcError:

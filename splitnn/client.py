@@ -22,6 +22,7 @@ from splitnn import optim as optim_specs
 from splitnn.channels import create_channel
 from splitnn.errors import SplitnnError
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
+from splitnn.watchdog import Watchdog
 
 DEFAULT_TIMEOUT = 60.0
 _KEEPALIVE = [
@@ -63,6 +64,7 @@ class WorkerClient:
         timeout: float = DEFAULT_TIMEOUT,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         retries: int = 5,
+        retry_seconds: float = 20.0,
         backoff: float = 0.1,
         channel_options=(),
         metadata=(),
@@ -71,7 +73,9 @@ class WorkerClient:
         self.address = address
         self.timeout = timeout
         self.retries = retries
+        self.retry_seconds = retry_seconds
         self.backoff = backoff
+        self._watchdog = Watchdog()
         self.chunk_bytes = chunk_bytes
         self.metadata = tuple(metadata)
         self.channel = create_channel(
@@ -181,16 +185,36 @@ class WorkerClient:
             done_if_retried=(grpc.StatusCode.NOT_FOUND,),
         )
 
-    def drive(self, request: worker_pb2.DriveRequest, timeout: float | None = None):
+    def drive(self, request: worker_pb2.DriveRequest):
         """Have this worker (a data owner) drive batches through the chain; yields
-        the batch results as they come."""
+        the batch results as they come. No answer for `timeout` seconds ends it."""
         self.bytes_sent += request.ByteSize()
+        call = self.stub.Drive(request, metadata=self.metadata)
         try:
-            for response in self.stub.Drive(request, timeout=timeout, metadata=self.metadata):
+            while True:
+                self._watchdog.arm(call, self.timeout)
+                try:
+                    response = next(call)
+                except StopIteration:
+                    return
+                finally:
+                    self._watchdog.disarm()
                 self.bytes_received += response.ByteSize()
                 yield from response.results
         except grpc.RpcError as err:
-            raise WorkerError(self.name, "Drive", err.code(), err.details()) from None
+            raise self._error("Drive", err) from None
+        finally:
+            call.cancel()
+
+    def _error(self, what: str, err: grpc.RpcError) -> WorkerError:
+        if self._watchdog.fired:
+            return WorkerError(
+                self.name,
+                what,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer for {self.timeout:.0f}s from {self.address}",
+            )
+        return WorkerError(self.name, what, err.code(), err.details())
 
     # ---- the Exchange stream ---------------------------------------------------
 
@@ -222,18 +246,27 @@ class WorkerClient:
         if not self._pending:
             raise RuntimeError("no op awaits an answer")
         kind, _ = self._pending[0]
+        started = time.monotonic()
         for attempt in range(self.retries + 1):
+            self._watchdog.arm(self._responses, self.timeout)
             try:
                 reply = self._read_reply(kind)
                 self._pending.popleft()
                 return reply
             except grpc.RpcError as err:
-                code, details = err.code(), err.details()
+                error = self._error(f"Exchange {kind}", err)
             except StopIteration:
-                code, details = None, "stream closed"
-            if code != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                error = WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+            finally:
+                self._watchdog.disarm()
+            retry = (
+                error.code == grpc.StatusCode.UNAVAILABLE
+                and attempt < self.retries
+                and time.monotonic() - started < self.retry_seconds
+            )
+            if not retry:
                 self._reset_stream()
-                raise WorkerError(self.name, f"Exchange {kind}", code, details)
+                raise error
             # Transient: reopen the stream and send every unanswered op again. Ops
             # carry (run, segments, batch id); the worker applies each only once.
             time.sleep(min(self.backoff * 2**attempt, 2.0))

@@ -179,8 +179,19 @@ def test_wait_healthy_over_tls(tmp_path, capsys):
         wait_healthy({"alice": address}, 10, {"alice": grpc.ssl_channel_credentials(cert)})
         with pytest.raises(HealthError):  # plaintext to a TLS port
             wait_healthy({"alice": address}, timeout=1)
-        (tmp_path / "ca.pem").write_bytes(cert)
-        assert cli.main(["health", address, "--tls-ca", str(tmp_path / "ca.pem")]) == 0
+        # The CLI's TLS flags, as `splitnn train --tls-dir` takes them (the self-signed
+        # certificate doubles as the CA and the client's certificate here).
+        for name in ("ca.pem", "orchestrator.pem"):
+            (tmp_path / name).write_bytes(cert)
+        (tmp_path / "orchestrator.key").write_bytes(key)
+        assert cli.main(["health", address, "--tls-dir", str(tmp_path)]) == 0
         assert capsys.readouterr().out.strip() == f"{address}: SERVING"
+        ip_address = f"127.0.0.1:{port}"
+        args = ["health", ip_address, "--tls-dir", str(tmp_path), "--timeout", "2"]
+        assert cli.main(args) == 1  # the certificate names localhost, not 127.0.0.1
+        assert cli.main([*args, "--server-name", "localhost"]) == 0
+        capsys.readouterr()
+        assert cli.main(["health", address, "--tls-ca", str(tmp_path / "ca.pem")]) == 1
+        assert "together" in capsys.readouterr().err  # mutual TLS: CA, cert and key
     finally:
         server.stop(grace=None).wait(timeout=10)
