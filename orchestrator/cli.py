@@ -8,7 +8,9 @@ from pathlib import Path
 
 from splitnn.errors import SplitnnError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# examples/seed.toml, shipped inside the package too (orchestrator/seed.toml links to
+# it in the repository; an installed wheel holds a copy).
+SEED_CONFIG = Path(__file__).resolve().parent / "seed.toml"
 
 
 def _cmd_train(args) -> int:
@@ -75,7 +77,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_demo(args) -> int:
     from orchestrator.demo import run_demo
 
-    return run_demo(EXAMPLES / "seed.toml", Path(args.out))
+    return run_demo(SEED_CONFIG, Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:

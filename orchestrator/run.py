@@ -26,7 +26,9 @@ def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:
     return path
 
 
-def _wait_ready(client: WorkerClient, timeout: float, security: Security | None) -> None:
+def _wait_ready(
+    client: WorkerClient, timeout: float, security: Security | None, expected: str | None
+) -> None:
     try:
         client.wait_ready(timeout)
     except WorkerError as err:
@@ -34,6 +36,7 @@ def _wait_ready(client: WorkerClient, timeout: float, security: Security | None)
             raise
         # A TLS failure (wrong CA, or a certificate for another name) looks like a
         # worker that never answers; one call tells the reason.
+        retries, client.retries = client.retries, 0
         try:
             client.status()
         except WorkerError as detail:
@@ -42,8 +45,10 @@ def _wait_ready(client: WorkerClient, timeout: float, security: Security | None)
                 "connect",
                 detail.code,
                 f"{detail.details} (TLS: the worker at {client.address} must present a "
-                f"certificate for {client.name!r} signed by {security.ca})",
+                f"certificate for {expected or client.name!r} signed by {security.ca})",
             ) from None
+        finally:
+            client.retries = retries
         raise err from None
 
 
@@ -95,7 +100,7 @@ def connected_workers(
         for client in clients.values():
             stack.callback(client.close)
         for client in clients.values():
-            _wait_ready(client, connect_timeout, security)
+            _wait_ready(client, connect_timeout, security, server_names.get(client.name))
         yield clients
 
 

@@ -61,6 +61,8 @@ class PendingBatch:
 
     input: torch.Tensor
     output: torch.Tensor
+    # The chain's buffers (running statistics) from before this Forward, to undo it.
+    buffers: list | None = None
 
 
 @dataclass
@@ -160,6 +162,27 @@ class SegmentHost:
         with self._lock:
             return sum(1 for key in self._pending if key[0] == run_id and index in key[1])
 
+    def pending_batches(self, run_id: str) -> set[tuple]:
+        """Keys (run, segments, batch id) of the run's batches awaiting Backward."""
+        with self._lock:
+            return {key for key in self._pending if key[0] == run_id}
+
+    def discard_batches(self, run_id: str, batch_ids, keep=frozenset()) -> None:
+        """Undo the Forwards of the run's batches with these ids that await Backward (but
+        those in `keep`): forget them, restore the buffers they updated, and forget their
+        stored answers, so that a retry runs them again. For the latest batches only."""
+        with self._lock:
+            for key in [k for k in self._pending if k[0] == run_id and k[2] in batch_ids]:
+                if key in keep:
+                    continue
+                pending = self._pending.pop(key)
+                chain = [self._segments.get((run_id, i)) for i in key[1]]
+                if pending.buffers is not None and None not in chain:
+                    _restore_buffers(chain, pending.buffers)
+                replay_key = (run_id, "forward", key[1])
+                if self.replay.get(replay_key, key[2]) is not None:
+                    self.replay.put(replay_key, key[2], None)  # None: no stored answer
+
     # ---- the training path -----------------------------------------------------
 
     def forward(
@@ -196,7 +219,7 @@ class SegmentHost:
             # gradients accumulated by earlier batches must survive a refused one.
             grads = _snapshot_grads(chain) if train and loss is not None else None
             try:
-                return self._run_forward(
+                result = self._run_forward(
                     chain, key, x, data is None, train, target, loss, step, want_output
                 )
             except Exception:
@@ -204,6 +227,9 @@ class SegmentHost:
                 if grads is not None:
                     _restore_grads(chain, grads)
                 raise
+            if train and loss is None:
+                self._pending[key].buffers = saved
+            return result
 
     def _run_forward(self, chain, key, x, needs_input_grad, train, target, loss, step, want_output):
         for segment in chain:

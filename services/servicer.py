@@ -238,8 +238,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         self.host.step(op.run_id, list(op.segments))
 
     def Drive(self, request, context):
-        with _errors_to_status(context):
-            yield from self.driver.drive(request)
+        before = self.host.pending_batches(request.run_id)
+        try:
+            with _errors_to_status(context):
+                yield from self.driver.drive(request)
+        except Exception:  # not GeneratorExit: a cancelled Drive stops between batches
+            # A batch that failed midway leaves the Forwards of this worker's first stages
+            # pending: undo them (a retry runs them again), or every failed Drive would
+            # hold one until the pending cap refuses all Forwards.
+            batch_ids = {batch.batch_id for batch in request.batches}
+            self.host.discard_batches(request.run_id, batch_ids, keep=before)
+            raise
 
     def _answer(self, answer):
         """Response messages for an applied op: the head, then the tensor in chunks."""

@@ -97,12 +97,15 @@ def expected_nbytes(dtype: torch.dtype, shape, max_bytes: int) -> int:
     """Validate a declared shape and return its byte size, before any allocation."""
     if len(shape) > MAX_DIMS:
         raise InvalidArgument(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} allowed")
-    numel = 1
+    numel, extent = 1, 1
     for dim in shape:
         if dim < 0:
             raise InvalidArgument(f"negative dimension in shape {list(shape)}")
         numel *= dim
-        if numel * dtype.itemsize > max_bytes:
+        # A zero dimension makes the tensor empty, but torch still computes strides from
+        # the others: their product must stay within the limit too (or torch overflows).
+        extent *= max(dim, 1)
+        if extent * dtype.itemsize > max_bytes:
             raise ResourceExhausted(
                 f"tensor of shape {list(shape)} exceeds the {max_bytes}-byte limit"
             )

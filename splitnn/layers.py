@@ -9,6 +9,7 @@ on the meta device before any memory is allocated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +191,8 @@ def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
                     f"{where}: {layer_type}.{name}={value!r} is not one of {choices}"
                 )
         if value_kind == FLOAT:
+            if not math.isfinite(value):
+                raise InvalidArgument(f"{where}: {layer_type}.{name}={value!r} is not finite")
             args[name] = float(value)
     missing = [name for name in kind.required if name not in args]
     if missing:

@@ -6,6 +6,8 @@ with its own optimizer equals stepping the whole model with one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from splitnn.errors import InvalidArgument
@@ -58,7 +60,12 @@ def normalize(spec: dict, where: str = "optimizer") -> dict:
                 )
             value = (float(value[0]), float(value[1]))
         else:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise InvalidArgument(f"{where}.{key}: expected a number >= 0, got {value!r}")
             value = float(value)
         out[key] = value

@@ -188,3 +188,17 @@ def test_compose_validates_with_docker_compose():
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # no warnings either
+
+
+@pytest.mark.parametrize("name", ["compose_seed.toml", "fashion_mnist_cnn_compose.toml"])
+def test_compose_configs_address_the_services(name):
+    path = ROOT / "examples" / name
+    if not path.exists():
+        pytest.skip(f"{name} not written yet")
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    assert f"examples/{name}" in compose_text, "docker-compose.yml tells how to run it"
+    config = load_config(path)
+    assert {h: w.address for h, w in config.workers.items()} == {n: f"{n}:50051" for n in WORKERS}
+    # the datasets it trains on are the ones the compose comment has the workers serve
+    served = set(re.findall(r"--data (\w+)=/data/", compose_text)) | {"toy"}
+    assert {config.dataset, config.test_dataset} - {None} <= served

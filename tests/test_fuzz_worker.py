@@ -23,7 +23,7 @@ import grpc
 import pytest
 import torch
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -76,16 +76,21 @@ REFUSALS = frozenset(
         Code.UNAUTHENTICATED,
     }
 )
-PEER_DOWN = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
+# Drive through a peer nobody answers for: the driver retries, then reports the peer's
+# failure as ABORTED (so that the caller does not retry the whole Drive).
+PEER_DOWN = frozenset({Code.ABORTED, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
 
 SENT: Counter = Counter()  # refused hostile requests, by RPC
 PROBES: Counter = Counter()  # hostile requests that must succeed (GetStatus) without effect
 
+# No shrinking: a request wrongly accepted may change the shared worker, and every later
+# example would then fail too; the first failing example is the one to read.
 FUZZ = settings(
     max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -777,7 +782,7 @@ BAD_STATES = st.sampled_from(
 
 def blob_chunk_chaos(blob: bytes, draw) -> list:
     """A real blob split into chunks, then put out of order, repeated, cut or miscounted."""
-    chunks = list(codec.blob_chunks(blob, draw(st.sampled_from([16, 64, 200]))))
+    chunks = list(codec.blob_chunks(blob, draw(st.sampled_from([16, 40, 64]))))
     assert len(chunks) >= 3
     kind = draw(st.sampled_from(["swap", "duplicate", "drop", "count", "first_index", "zero"]))
     i = draw(st.integers(0, len(chunks) - 1))
