@@ -241,7 +241,7 @@ class SegmentHost:
             result = ForwardResult(output=out if want_output or loss is None else None)
             if loss is not None:
                 loss_name, _, _ = loss
-                value = compute_loss(loss_name, out, target)
+                value = _loss(loss_name, out, target)
                 result.loss = float(value)
                 result.correct = count_correct(loss_name, out, target)
                 result.count = int(out.shape[0])
@@ -252,7 +252,7 @@ class SegmentHost:
             self._pending[key] = PendingBatch(leaf, out)
             return ForwardResult(output=out.detach())
         loss_name, _, _ = loss
-        value = compute_loss(loss_name, out, target)
+        value = _loss(loss_name, out, target)
         loss_value = value.item()
         if not math.isfinite(loss_value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
@@ -392,6 +392,13 @@ def _apply(chain: list[Segment], x: torch.Tensor) -> torch.Tensor:
     except (RuntimeError, ValueError, IndexError) as err:
         raise InvalidArgument(f"segment {segment.index} cannot take this input: {err}") from None
     return x
+
+
+def _loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    try:
+        return compute_loss(name, output, target)
+    except (RuntimeError, ValueError) as err:  # e.g. bce of an output outside [0, 1] (NaN)
+        raise InvalidArgument(f"{name} cannot take this output: {err}") from None
 
 
 def _step(chain: list[Segment]) -> None:

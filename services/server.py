@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -170,6 +171,10 @@ def main(argv=None) -> int:
     except (SplitnnError, OSError) as err:
         print(f"splitnn-worker: {err}", file=sys.stderr)
         return 2
+    # Everything loaded so far (torch, the datasets) lives as long as the process:
+    # keep the garbage collector from walking it again and again on the hot path.
+    gc.collect()
+    gc.freeze()
     server.start()
     bind_host = args.listen.rsplit(":", 1)[0]
     print(f"splitnn-worker {args.name} listening on {bind_host}:{port}", flush=True)

@@ -324,4 +324,5 @@ class WorkerClient:
         if self._requests is not None:
             self._requests.put(None)
         self._requests, self._responses = None, None
+        self._watchdog.close()
         self.channel.close()

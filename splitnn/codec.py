@@ -97,15 +97,12 @@ def expected_nbytes(dtype: torch.dtype, shape, max_bytes: int) -> int:
     """Validate a declared shape and return its byte size, before any allocation."""
     if len(shape) > MAX_DIMS:
         raise InvalidArgument(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} allowed")
-    numel, extent = 1, 1
+    numel = 1
     for dim in shape:
         if dim < 0:
             raise InvalidArgument(f"negative dimension in shape {list(shape)}")
         numel *= dim
-        # A zero dimension makes the tensor empty, but torch still computes strides from
-        # the others: their product must stay within the limit too (or torch overflows).
-        extent *= max(dim, 1)
-        if extent * dtype.itemsize > max_bytes:
+        if numel * dtype.itemsize > max_bytes:
             raise ResourceExhausted(
                 f"tensor of shape {list(shape)} exceeds the {max_bytes}-byte limit"
             )
@@ -181,7 +178,10 @@ def _single_chunk(chunk, dtype: torch.dtype, nbytes: int) -> torch.Tensor:
 
 def _from_buffer(buffer, dtype: torch.dtype, shape) -> torch.Tensor:
     if len(buffer) == 0:
-        return torch.empty(shape, dtype=dtype)
+        try:
+            return torch.empty(shape, dtype=dtype)
+        except RuntimeError as err:  # huge dimensions next to a zero: strides overflow
+            raise InvalidArgument(f"tensor shape {list(shape)} cannot be built: {err}") from None
     # clone(): a fresh, well-aligned tensor that owns its memory.
     return torch.frombuffer(buffer, dtype=dtype).reshape(shape).clone()
 
