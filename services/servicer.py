@@ -230,12 +230,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if step_after:
                     op.step = False
                 answer, fresh = ops.apply_once(kind, self.host, op, tensor)
+                owed = step_after and fresh
+                if owed:
+                    self.host.owe_step(op.run_id, list(op.segments))
                 try:
                     for part in self._answer(answer):
                         yield worker_pb2.ExchangeResponse(**{kind: part})
                 finally:
-                    if step_after and fresh:
-                        self.host.step(op.run_id, list(op.segments))
+                    if owed:
+                        self.host.settle_step(op.run_id, list(op.segments))
 
     def Drive(self, request, context):
         before = self.host.pending_batches(request.run_id)

@@ -48,9 +48,7 @@ def test_seed_job_writes_metrics_and_report(tmp_path):
     assert {r["owner"] for r in records} == {"alice", "bob", "claire"}
     assert len(records) == 900 and records[-1]["step"] == 900
     assert set(report["final_loss"]) == {"alice", "bob", "claire"}
-    assert all(
-        b["sent_to_worker"] > 0 and b["received_from_worker"] > 0 for b in report["bytes"].values()
-    )
+    assert all(b["sent"] > 0 and b["received"] > 0 for b in report["bytes"].values())
 
 
 def test_mlp_with_nesterov_momentum_two_owners_two_rounds(tmp_path):

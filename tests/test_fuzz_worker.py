@@ -2,7 +2,7 @@
 
 One real worker (gRPC on 127.0.0.1, in this process) hosts a three-segment run
 (Linear+Tanh / BatchNorm1d / Linear+Sigmoid) on the toy set, SGD with momentum,
-and one batch left pending on segment 0. Hypothesis then builds requests that
+and two batches left pending on segment 0. Hypothesis then builds requests that
 are invalid *by construction* (every one carries at least one defect that the
 worker must refuse, whatever else it draws) for LoadSegment, Forward, Backward,
 Step, Exchange, Drive, ExportSegment and DropSegment. Each must end with a
@@ -10,6 +10,10 @@ deliberate status code (never INTERNAL or UNKNOWN, which mean an unhandled
 exception), and after each one every segment's exported state and every
 pending count must be exactly what it was. At the end the worker still trains
 exactly like plain PyTorch from the same weights.
+
+Generation is derandomized (same requests on every run of the same test selection;
+Hypothesis also draws constants from the loaded modules, so another selection may
+differ) and not shrunk (see FUZZ).
 """
 
 from __future__ import annotations
@@ -414,7 +418,9 @@ def chaotic_chunks(draw, width: int = 4) -> list:
         dtype = draw(ENUM.filter(lambda d: d != tensor_pb2.DTYPE_FLOAT32))
         chunks[k] = copy_chunk(chunks[k], dtype=dtype)
     elif kind == "extra_byte":
-        chunks[i] = copy_chunk(chunks[i], data=bytes(chunks[i].data) + draw(st.binary(1, 8)))
+        chunks[i] = copy_chunk(
+            chunks[i], data=bytes(chunks[i].data) + draw(st.binary(min_size=1, max_size=8))
+        )
     else:  # missing_byte
         chunks[i] = copy_chunk(chunks[i], data=bytes(chunks[i].data)[:-1])
     return chunks
