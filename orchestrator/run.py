@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from orchestrator.cli_health import wait_healthy
 from orchestrator.config import Config, ConfigError
 from orchestrator.local_workers import LocalWorkers
 from orchestrator.trainer import Trainer
@@ -50,6 +51,9 @@ def _wait_ready(
         finally:
             client.retries = retries
         raise err from None
+
+
+WORKER_SERVICE = "splitnn.v1.WorkerService"
 
 
 @contextlib.contextmanager
@@ -101,6 +105,20 @@ def connected_workers(
             stack.callback(client.close)
         for client in clients.values():
             _wait_ready(client, connect_timeout, security, server_names.get(client.name))
+        # Connected is not ready: every worker must also answer its health check.
+        if security is None:
+            wait_healthy(addresses, connect_timeout, service=WORKER_SERVICE)
+        else:
+            wait_healthy(
+                addresses,
+                connect_timeout,
+                security.channel_credentials(),
+                service=WORKER_SERVICE,
+                channel_options={
+                    h: security.channel_options(server_names.get(h) or h) for h in addresses
+                },
+                metadata=security.metadata(),
+            )
         yield clients
 
 

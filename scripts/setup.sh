@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
 
 # CPU torch first: an open range would pull a multi-GB CUDA build.
 $PY -m pip install --quiet --disable-pip-version-check "torch==2.13.0"

@@ -22,6 +22,7 @@ from splitnn.v1 import worker_pb2
 FLUSH_SECONDS = 0.25
 FLUSH_BATCHES = 256
 REMEMBERED_BATCHES = 4096
+REMEMBERED_RUNS = 64
 
 
 class Driver:
@@ -85,6 +86,8 @@ class Driver:
         last_flush = time.monotonic()
         try:
             done = self._done.setdefault(request.run_id, OrderedDict())
+            while len(self._done) > REMEMBERED_RUNS:  # forget the oldest runs
+                self._done.pop(next(iter(self._done)))
             for batch in request.batches:
                 rows = list(batch.indices)
                 if not evaluate and batch.batch_id in done:

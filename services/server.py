@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=2).wait()
+    server.stop(grace=1).wait()
     return 0
 
 
