@@ -57,12 +57,14 @@ def _cmd_report(args) -> int:
 def _cmd_evaluate(args) -> int:
     import json
 
+    from orchestrator.cli_certs import security_from_args
     from orchestrator.config import load_config
     from orchestrator.evaluate import evaluate_model
     from orchestrator.run import connected_workers
 
     config = load_config(args.config)
-    with connected_workers(config, args.local) as clients:
+    security = security_from_args(args)
+    with connected_workers(config, args.local, security=security) as clients:
         results = evaluate_model(config, clients, Path(args.model), args.dataset)
     print(f"{'owner':<10} {'loss':>10} {'accuracy':>9}")
     for owner, metrics in results.items():
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: the config's test_dataset)")
     p.add_argument("--local", action="store_true", help="start the workers here")
     p.add_argument("--out", help="also write the results as JSON to this file")
+    add_security_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="redraw curves.png and the summary of a run directory")
