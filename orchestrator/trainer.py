@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import grpc
 import torch
 from tqdm import tqdm
 
+from orchestrator.batches import drive_batches, relay_batches
 from orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.outputs import MetricsLog, model_state, read_metrics, save_model, write_report
@@ -21,9 +21,7 @@ from splitnn import layers as layer_specs
 from splitnn import schedule
 from splitnn.client import WorkerClient, WorkerError
 from splitnn.errors import SplitnnError
-from splitnn.losses import loss_kind
 from splitnn.pipeline import Pipeline, plan_stages
-from splitnn.v1 import worker_pb2
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000
@@ -283,9 +281,20 @@ class Trainer:
             first_id = cursor.step + 1
             flat = [item[3] for item in call]
             if self.relay:
-                results = iter(self._relay(pipeline, first_id, flat))
+                results = iter(relay_batches(pipeline, config.dataset, first_id, flat))
             else:
-                results = iter(self._drive(owner, stages, first_id, flat))
+                results = iter(
+                    drive_batches(
+                        self.clients,
+                        owner,
+                        self.run_id,
+                        stages,
+                        config.loss,
+                        config.dataset,
+                        first_id,
+                        flat,
+                    )
+                )
             for position, ((epoch, batch, n_batches, _), result) in enumerate(
                 zip(call, results, strict=False)
             ):
@@ -382,45 +391,20 @@ class Trainer:
             pipeline = Pipeline(self.clients, self.run_id, stages, self.config.loss)
             results = [pipeline.evaluate_batch(0, dataset, b) for b in batches]
         else:
-            results = list(self._drive(owner, stages, 0, batches, dataset, evaluate=True))
-        return summarize_eval(self.config.loss, results)
-
-    def _relay(self, pipeline: Pipeline, first_id: int, batches):
-        for offset, rows in enumerate(batches):
-            yield pipeline.train_step(first_id + offset, self.config.dataset, rows)
-        pipeline.flush()
-
-    def _drive(self, owner, stages, first_id, batches, dataset=None, evaluate=False):
-        request = worker_pb2.DriveRequest(
-            run_id=self.run_id,
-            loss=loss_kind(self.config.loss),
-            dataset=dataset or self.config.dataset,
-            mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
-        )
-        for stage in stages:
-            request.stages.add(
-                host=stage.host, segments=stage.segments, address=self.clients[stage.host].address
+            results = list(
+                drive_batches(
+                    self.clients,
+                    owner,
+                    self.run_id,
+                    stages,
+                    self.config.loss,
+                    dataset,
+                    0,
+                    batches,
+                    evaluate=True,
+                )
             )
-        for offset, rows in enumerate(batches):
-            request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)
-        client, answered = self.clients[owner], 0
-        for attempt in range(client.retries + 1):
-            if answered:
-                remaining = list(request.batches)[answered:]
-                del request.batches[:]
-                request.batches.extend(remaining)
-                answered = 0
-            try:
-                for result in client.drive(request):
-                    answered += 1
-                    yield result.loss
-                return
-            except WorkerError as err:
-                # A dropped link: send the batches not answered yet; the owner's worker
-                # knows which of them it already trained and does not train them twice.
-                if err.code != grpc.StatusCode.UNAVAILABLE or attempt == client.retries:
-                    raise
-                time.sleep(min(client.backoff * 2**attempt, 2.0))
+        return summarize_eval(self.config.loss, results)
 
     def _report(self, wall_time: float) -> dict:
         return {
