@@ -105,11 +105,14 @@ def worker_security(args: argparse.Namespace) -> Security | None:
         )
         security.check_files()
     elif not getattr(args, "insecure", False):
-        raise SplitnnError(
-            "refusing to serve without protection: give --tls-cert/--tls-key/--tls-ca "
-            "(see `splitnn certs`) and/or --token-file, or --insecure to accept plaintext "
-            "calls from anyone who reaches the port"
-        )
+        if not is_loopback(args.listen):
+            raise SplitnnError(
+                f"refusing to serve {args.listen} without protection: give --tls-cert/"
+                "--tls-key/--tls-ca (see `splitnn certs`) and/or --token-file, or --insecure "
+                "to accept plaintext calls from anyone who reaches the port"
+            )
+        # Loopback only: no other machine can reach it (how `--local` runs workers).
+        log.info("plaintext on loopback %s (only this machine can connect)", args.listen)
     if not is_loopback(args.listen) and (security is None or not security.tls):
         if security is None:
             log.warning(
