@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -139,9 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     """Entry point of `splitnn`."""
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, a container stop) unwinds like Ctrl-C, so that workers started
+    # with --local are stopped by their own process ids instead of being orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except SplitnnError as err:

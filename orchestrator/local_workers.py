@@ -64,6 +64,7 @@ class LocalWorkers:
             str(self.threads),
             "--log-level",
             "WARNING",
+            "--exit-with-parent",
         ]
         if not self.extra_args.get(host):
             cmd.append("--insecure")  # loopback only; secured runs pass their own flags

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,6 +28,7 @@ from splitnn.v1 import worker_pb2_grpc
 
 log = logging.getLogger("splitnn.worker")
 SWITCH_INTERVAL_S = 0.0002
+PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-pending", type=int, default=64, help="batches awaiting Backward")
     p.add_argument("--max-tensor-mb", type=int, default=1024)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this worker dies (used by --local)",
+    )
     sec = p.add_argument_group(
         "security",
         "A worker needs TLS, a token, or both; plaintext without a token only with --insecure.",
@@ -159,9 +168,24 @@ def build(args: argparse.Namespace):
     return host, server, port
 
 
+def _exit_with_parent() -> None:
+    """Ask Linux to send SIGTERM when our parent dies (even by SIGKILL), so local
+    workers never outlive the orchestrator that started them."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the orchestrator stops us itself
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
 def main(argv=None) -> int:
     """Entry point: serve until SIGTERM or Ctrl-C."""
     args = parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     # gRPC hands every message between its threads; with the default 5 ms GIL switch
     # interval a woken thread can wait that long for its turn.

@@ -86,3 +86,46 @@ def test_cli_reports_a_config_typo_and_starts_no_worker(tmp_path):
 def test_examples_all_load():
     for path in sorted((ROOT / "examples").glob("*.toml")):
         assert load_config(path).segments
+
+
+def test_local_workers_do_not_outlive_a_killed_orchestrator(tmp_path):
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "train", str(ROOT / "examples" / "seed.toml")]
+        + ["--out", str(tmp_path / "o"), "--local"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children():
+        out = subprocess.run(
+            ["pgrep", "-f", "services.server.*--exit-with-parent"], capture_output=True, text=True
+        ).stdout.split()
+        mine = []
+        for pid in out:
+            try:
+                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            if int(stat[1]) == process.pid:
+                mine.append(int(pid))
+        return mine
+
+    deadline = time.monotonic() + 60
+    while len(children()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = children()
+    assert len(workers) == 3
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [p for p in workers if os.path.exists(f"/proc/{p}")]
+    for pid in alive:  # never leave a process behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
