@@ -62,4 +62,4 @@ def drive_batches(
         except WorkerError as err:
             if err.code != grpc.StatusCode.UNAVAILABLE or attempt == client.retries:
                 raise
-            time.sleep(min(client.backoff * 2**attempt, 2.0))
+            time.sleep(client.backoff_delay(attempt))

@@ -40,7 +40,6 @@ def evaluate_model(config: Config, clients: dict, model_path: Path, dataset: str
                     trainer.run_id, seg.index, seg.layers, config.optimizer, state
                 )
                 trainer.location[seg.index] = host
-            trainer.test_rows[owner] = trainer.rows_of(owner, dataset)
             results[owner] = trainer.evaluate(owner, plan_stages(placement), dataset)
         finally:
             trainer.cleanup()

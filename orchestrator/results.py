@@ -25,49 +25,18 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     owners = list(dict.fromkeys(r["owner"] for r in records))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series = ((ax_loss, "loss", "test_loss"), (ax_acc, "accuracy", "test_accuracy"))
     for i, owner in enumerate(owners):
         mine = [r for r in records if r["owner"] == owner]
         color = colors[i % len(colors)]
+        first_turn = min(r["turn"] for r in mine)
         # One line per turn, so that other owners' turns leave gaps.
         for turn in sorted({r["turn"] for r in mine}):
             rows = [r for r in mine if r["turn"] == turn]
-            xs = [_x(r, epochs) for r in rows]
-            label = owner if turn == min(r["turn"] for r in mine) else None
-            ax_loss.plot(
-                xs,
-                [r["loss"] for r in rows],
-                color=color,
-                label=f"{label} train" if label else None,
-            )
-            tests = [r for r in rows if r.get("test_loss") is not None]
-            if tests:
-                ax_loss.plot(
-                    [_x(r, epochs) for r in tests],
-                    [r["test_loss"] for r in tests],
-                    color=color,
-                    linestyle="--",
-                    marker="o",
-                    markersize=3,
-                    label=f"{label} test" if label else None,
-                )
-            accs = [r for r in rows if r.get("accuracy") is not None]
-            ax_acc.plot(
-                [_x(r, epochs) for r in accs],
-                [r["accuracy"] for r in accs],
-                color=color,
-                label=f"{label} train" if label else None,
-            )
-            tests = [r for r in rows if r.get("test_accuracy") is not None]
-            if tests:
-                ax_acc.plot(
-                    [_x(r, epochs) for r in tests],
-                    [r["test_accuracy"] for r in tests],
-                    color=color,
-                    linestyle="--",
-                    marker="o",
-                    markersize=3,
-                    label=f"{label} test" if label else None,
-                )
+            label = owner if turn == first_turn else None
+            for ax, train_key, test_key in series:
+                _plot(ax, rows, train_key, epochs, color, label and f"{label} train")
+                _plot(ax, rows, test_key, epochs, color, label and f"{label} test", test=True)
     turns = sorted({r["turn"] for r in records})
     for ax in (ax_loss, ax_acc):
         for turn in turns[1:]:
@@ -88,6 +57,20 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def _plot(ax, rows, key, epochs, color, label, test=False) -> None:
+    points = [r for r in rows if r.get(key) is not None]
+    if not points:
+        return
+    style = {"linestyle": "--", "marker": "o", "markersize": 3} if test else {}
+    ax.plot(
+        [_x(r, epochs) for r in points],
+        [r[key] for r in points],
+        color=color,
+        label=label,
+        **style,
+    )
+
+
 def _positive(values) -> bool:
     values = [v for v in values if v is not None]
     return bool(values) and min(values) > 0 and max(values) / min(values) > 20
@@ -98,8 +81,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = {}
     for record in records:
         owner = record["owner"]
-        row = rows.setdefault(owner, {"owner": owner, "epochs": 0})
-        row["epochs"] += 1 if record is not None else 0
+        row = rows.setdefault(owner, {"owner": owner})
         row.update(
             turn=record["turn"], epoch=record["epoch"], step=record["step"], loss=record["loss"]
         )

@@ -69,16 +69,6 @@ def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
 
 
 @dataclass
-class Progress:
-    """Where the run is: used for messages when something fails."""
-
-    owner: str = ""
-    turn: int = 0
-    epoch: int = 0
-    step: int = 0
-
-
-@dataclass
 class Trainer:
     """Runs one config against connected workers and writes the outputs to `out_dir`."""
 
@@ -94,13 +84,10 @@ class Trainer:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        self.progress = Progress()
         self.cursor = Cursor()
         self._metrics: MetricsLog | None = None
         self.location: dict[int, str] = {}
         self.final_loss: dict[str, float] = {}
-        self.rows: dict[str, int] = {}
-        self.test_rows: dict[str, int] = {}
         self._traffic_start: dict[str, tuple[int, int]] = {}
         self.final_test: dict[str, dict] = {}
         self.train_seconds = 0.0  # time spent training, without setup and handovers
@@ -130,7 +117,7 @@ class Trainer:
             self._metrics = metrics
             total = (
                 sum(
-                    len(schedule.batches(0, 0, 0, self.rows[o], config.batch_size, False))
+                    schedule.batch_count(self.rows_of(o, config.dataset), config.batch_size)
                     for o in config.owners
                 )
                 * config.epochs
@@ -159,7 +146,7 @@ class Trainer:
             )
         except WorkerError as err:
             raise RunError(
-                f"{err} (owner {self.progress.owner}, turn {self.cursor.turn}, "
+                f"{err} (owner {self._owner_at(self.cursor.turn)}, turn {self.cursor.turn}, "
                 f"epoch {self.cursor.epoch + 1}, step {self.cursor.step + 1}); "
                 f"outputs so far are in {self.out_dir}/"
             ) from None
@@ -202,7 +189,6 @@ class Trainer:
             )
             self.location[seg.index] = host
         self.cursor = replace(resume.cursor)
-        self.progress.step = self.cursor.step
         self.final_loss, self.final_test = dict(resume.final_loss), dict(resume.final_test)
         self.samples, self.train_seconds = resume.samples, resume.train_seconds
 
@@ -228,9 +214,9 @@ class Trainer:
                         f"worker {owner}: dataset {name!r} rows have shape {shape}, "
                         f"config input_shape is {config.input_shape}"
                     )
-            self.rows[owner] = datasets[config.dataset].rows
-            if config.test_dataset:
-                self.test_rows[owner] = datasets[config.test_dataset].rows
+
+    def _owner_at(self, turn: int) -> str:
+        return self.config.owners[turn % len(self.config.owners)]
 
     def rows_of(self, owner: str, dataset: str) -> int:
         """Rows of a dataset on an owner's worker (after _check_workers)."""
@@ -274,7 +260,6 @@ class Trainer:
             self.checkpoint()
         stages = plan_stages(placement)
         pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
-        self.progress.owner, self.progress.turn = owner, turn.index
         turn_started = time.perf_counter()
         while cursor.epoch < config.epochs:
             call = self._next_call(turn)
@@ -299,7 +284,6 @@ class Trainer:
                 zip(call, results, strict=False)
             ):
                 cursor.step += 1
-                self.progress.step, self.progress.epoch = cursor.step, epoch
                 cursor.loss_sum += result.loss
                 cursor.correct += result.correct
                 cursor.count += result.count
@@ -338,7 +322,12 @@ class Trainer:
         epoch, batch = cursor.epoch, cursor.batch
         while epoch < config.epochs:
             batches = schedule.batches(
-                config.seed, turn.index, epoch, self.rows[owner], config.batch_size, config.shuffle
+                config.seed,
+                turn.index,
+                epoch,
+                self.rows_of(owner, config.dataset),
+                config.batch_size,
+                config.shuffle,
             )
             while batch < len(batches):
                 call.append((epoch, batch, len(batches), batches[batch]))
@@ -367,7 +356,7 @@ class Trainer:
             "round": turn.round,
             "turn": turn.index,
             "epoch": epoch + 1,
-            "step": self.progress.step,
+            "step": self.cursor.step,
             "loss": loss,
             "accuracy": correct / count if count else None,
         }
@@ -413,7 +402,7 @@ class Trainer:
             "config_path": str(self.config.path),
             "final_loss": self.final_loss,
             "final_test": self.final_test,
-            "steps": self.progress.step,
+            "steps": self.cursor.step,
             "wall_time_s": round(wall_time, 3),
             "train_time_s": round(self.train_seconds, 3),
             "samples_per_s": round(self.samples / self.train_seconds, 1)

@@ -82,6 +82,7 @@ class Driver:
                 clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
         pipeline = Pipeline(clients, request.run_id, stages, loss_name)
         evaluate = request.mode == worker_pb2.FORWARD_MODE_EVAL
+        before = self.host.pending_batches(request.run_id)
         pending = worker_pb2.DriveResponse()
         last_flush = time.monotonic()
         try:
@@ -112,7 +113,15 @@ class Driver:
                     yield pending
                     pending, last_flush = worker_pb2.DriveResponse(), now
             pipeline.flush()
-        except BaseException:
+        except Exception:
+            self._checkin(clients, healthy=False)
+            # A batch that failed midway leaves the Forwards of this worker's first stages
+            # pending: undo them (a retry runs them again), or every failed Drive would
+            # hold one until the pending cap refuses all Forwards.
+            batch_ids = {batch.batch_id for batch in request.batches}
+            self.host.discard_batches(request.run_id, batch_ids, keep=before)
+            raise
+        except BaseException:  # GeneratorExit: a cancelled Drive stops between batches
             self._checkin(clients, healthy=False)
             raise
         self._checkin(clients, healthy=True)

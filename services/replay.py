@@ -30,6 +30,13 @@ class ReplayCache:
         with self._lock:
             self._answers[key] = (batch_id, answer)
 
+    def forget(self, key: tuple, batch_id: int) -> None:
+        """Drop the stored answer under `key` if it is the one for this batch."""
+        with self._lock:
+            entry = self._answers.get(key)
+            if entry is not None and entry[0] == batch_id:
+                del self._answers[key]
+
     def forget_segment(self, run_id: str, index: int) -> None:
         """Drop answers that involve a segment being dropped or replaced."""
         with self._lock:

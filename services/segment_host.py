@@ -188,9 +188,7 @@ class SegmentHost:
                 chain = [self._segments.get((run_id, i)) for i in key[1]]
                 if pending.buffers is not None and None not in chain:
                     _restore_buffers(chain, pending.buffers)
-                replay_key = (run_id, "forward", key[1])
-                if self.replay.get(replay_key, key[2]) is not None:
-                    self.replay.put(replay_key, key[2], None)  # None: no stored answer
+                self.replay.forget((run_id, "forward", key[1]), key[2])
 
     # ---- the training path -----------------------------------------------------
 
@@ -484,16 +482,7 @@ def _load_state(module: nn.Module, optimizer, state: dict[str, torch.Tensor], wh
     except RuntimeError as err:
         raise InvalidArgument(f"{where}: weights do not fit the spec: {err}") from None
     if optim_state:
-        # torch's optimizer load does not check shapes; a misfit would only fail at step.
-        params = list(module.parameters())
-        for name, value in optim_state.items():
-            index_text = name.partition(".")[0]
-            if not index_text.isdigit() or int(index_text) >= len(params) or value.dim() == 0:
-                continue  # import_state refuses what does not name a parameter
-            param = params[int(index_text)]
-            if value.shape != param.shape:
-                raise InvalidArgument(
-                    f"{where}: optimizer state {name} has shape {list(value.shape)}, "
-                    f"expected {list(param.shape)}"
-                )
-        optim_specs.import_state(optimizer, optim_state)
+        try:
+            optim_specs.import_state(optimizer, optim_state)
+        except InvalidArgument as err:
+            raise InvalidArgument(f"{where}: {err}") from None

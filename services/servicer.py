@@ -234,34 +234,33 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if owed:
                     self.host.owe_step(op.run_id, list(op.segments))
                 try:
-                    for part in self._answer(answer):
-                        yield worker_pb2.ExchangeResponse(**{kind: part})
+                    yield from self._answer(answer, wrap_as=kind)
                 finally:
                     if owed:
                         self.host.settle_step(op.run_id, list(op.segments))
 
     def Drive(self, request, context):
-        before = self.host.pending_batches(request.run_id)
-        try:
-            with _errors_to_status(context):
-                yield from self.driver.drive(request)
-        except Exception:  # not GeneratorExit: a cancelled Drive stops between batches
-            # A batch that failed midway leaves the Forwards of this worker's first stages
-            # pending: undo them (a retry runs them again), or every failed Drive would
-            # hold one until the pending cap refuses all Forwards.
-            batch_ids = {batch.batch_id for batch in request.batches}
-            self.host.discard_batches(request.run_id, batch_ids, keep=before)
-            raise
+        with _errors_to_status(context):
+            yield from self.driver.drive(request)
 
-    def _answer(self, answer):
-        """Response messages for an applied op: the head, then the tensor in chunks."""
+    def _answer(self, answer, wrap_as: str | None = None):
+        """Response messages for an applied op: the head, then the tensor in chunks;
+        with `wrap_as`, each inside an ExchangeResponse under that op kind. Built in
+        place, so the head (which the replay cache may hold) is never modified and the
+        tensor's bytes are copied once."""
         head, tensor, field = answer
-        if tensor is None:
-            self.bytes_sent += head.ByteSize()
-            yield head
-            return
-        for i, chunk in enumerate(codec.encode(tensor, self.chunk_bytes)):
-            part = head if i == 0 else type(head)(batch_id=head.batch_id)
-            getattr(part, field).CopyFrom(chunk)
-            self.bytes_sent += part.ByteSize()
-            yield part
+        chunks = [None] if tensor is None else codec.encode(tensor, self.chunk_bytes)
+        for i, chunk in enumerate(chunks):
+            if wrap_as is None:
+                message = part = type(head)()
+            else:
+                message = worker_pb2.ExchangeResponse()
+                part = getattr(message, wrap_as)
+            if i == 0:
+                part.CopyFrom(head)
+            else:
+                part.batch_id = head.batch_id
+            if chunk is not None:
+                getattr(part, field).CopyFrom(chunk)
+            self.bytes_sent += message.ByteSize()
+            yield message

@@ -8,7 +8,6 @@ waits for (the last Backward of a step) overlaps with the next one.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -87,7 +86,6 @@ class WorkerClient:
         self._requests: queue.SimpleQueue | None = None
         self._responses = None
         self._pending: deque = deque()
-        self._lock = threading.Lock()
 
     # ---- unary-style calls -----------------------------------------------------
 
@@ -106,8 +104,12 @@ class WorkerClient:
                 retry = err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                 if not retry:
                     raise WorkerError(self.name, what, err.code(), err.details()) from None
-            time.sleep(min(self.backoff * 2**attempt, 2.0))
+            time.sleep(self.backoff_delay(attempt))
         raise AssertionError("unreachable")
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based): doubling, capped."""
+        return min(self.backoff * 2**attempt, 2.0)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the worker's channel is up, or raise naming the worker."""
@@ -228,14 +230,19 @@ class WorkerClient:
     def submit(self, kind: str, op, tensor: torch.Tensor | None = None, field: str = "") -> None:
         """Send one op (forward, backward or step) on the stream; answers come in order."""
         self._ensure_stream()
+        chunks = [None] if tensor is None else codec.encode(tensor, self.chunk_bytes)
         messages = []
-        if tensor is None:
-            messages.append(worker_pb2.ExchangeRequest(**{kind: op}))
-        else:
-            for i, chunk in enumerate(codec.encode(tensor, self.chunk_bytes)):
-                part = op if i == 0 else type(op)()
+        for i, chunk in enumerate(chunks):
+            # Filled in place: the tensor's bytes are copied into the request once.
+            message = worker_pb2.ExchangeRequest()
+            part = getattr(message, kind)
+            if i == 0:
+                part.CopyFrom(op)
+            else:
+                part.SetInParent()
+            if chunk is not None:
                 getattr(part, field).CopyFrom(chunk)
-                messages.append(worker_pb2.ExchangeRequest(**{kind: part}))
+            messages.append(message)
         for message in messages:
             self.bytes_sent += message.ByteSize()
             self._requests.put(message)
@@ -269,7 +276,7 @@ class WorkerClient:
                 raise error
             # Transient: reopen the stream and send every unanswered op again. Ops
             # carry (run, segments, batch id); the worker applies each only once.
-            time.sleep(min(self.backoff * 2**attempt, 2.0))
+            time.sleep(self.backoff_delay(attempt))
             self._resend()
         raise AssertionError("unreachable")
 
@@ -321,8 +328,6 @@ class WorkerClient:
 
     def close(self) -> None:
         """End the stream and the channel."""
-        if self._requests is not None:
-            self._requests.put(None)
-        self._requests, self._responses = None, None
+        self._close_stream()
         self._watchdog.close()
         self.channel.close()

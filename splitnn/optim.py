@@ -131,12 +131,19 @@ def export_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 def import_state(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
     """Load flat named tensors from export_state into a fresh optimizer."""
     current = optimizer.state_dict()
-    n_params = len(current["param_groups"][0]["params"])
+    params = optimizer.param_groups[0]["params"]
     state: dict = {}
     for name, value in flat.items():
         index_text, _, key = name.partition(".")
-        if not index_text.isdigit() or not key or int(index_text) >= n_params:
+        if not index_text.isdigit() or not key or int(index_text) >= len(params):
             raise InvalidArgument(f"optimizer state entry {name!r} does not fit this segment")
+        # torch does not check shapes here; a misfit would only fail at the next step.
+        param = params[int(index_text)]
+        if value.dim() > 0 and value.shape != param.shape:
+            raise InvalidArgument(
+                f"optimizer state {name} has shape {list(value.shape)}, "
+                f"expected {list(param.shape)}"
+            )
         state.setdefault(int(index_text), {})[key] = value
     current["state"] = state
     try:

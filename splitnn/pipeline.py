@@ -54,31 +54,49 @@ class Pipeline:
         self.stages = stages
         self.loss_kind = loss_kind(loss)
 
-    def train_step(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
-        """Forward, loss, backward and step for one batch of the owner's rows."""
-        stages, run = self.stages, self.run_id
-        activation = None
-        for i, stage in enumerate(stages):
-            last = i == len(stages) - 1
+    def _forward(
+        self,
+        batch_id: int,
+        dataset: str,
+        rows: list[int],
+        mode: int,
+        with_loss: bool,
+        step: bool = False,
+        want_output: bool = False,
+    ):
+        """Run the batch forward stage by stage: the first stage reads the owner's rows,
+        the last one (with_loss) meets the owner's labels. Returns the last reply."""
+        activation, reply = None, None
+        for i, stage in enumerate(self.stages):
             op = worker_pb2.ForwardRequest(
-                run_id=run,
+                run_id=self.run_id,
                 segments=stage.segments,
                 batch_id=batch_id,
-                mode=worker_pb2.FORWARD_MODE_TRAIN,
+                mode=mode,
+                want_output=want_output,
             )
             if i == 0:
                 op.data.dataset = dataset
                 op.data.indices.extend(rows)
-            if last:
+            if with_loss and i == len(self.stages) - 1:
                 op.loss.kind = self.loss_kind
                 op.loss.dataset = dataset
                 op.loss.indices.extend(rows)
-                op.step = len(stages) == 1
+                op.step = step
             reply = self.clients[stage.host].call("forward", op, activation, "input")
             activation = reply.tensor
-        loss = reply.message.loss
-        grad = activation
-        owed = stages[-1] if len(stages) > 1 else None  # its step overlaps the next backward
+        return reply
+
+    def train_step(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
+        """Forward, loss, backward and step for one batch of the owner's rows."""
+        stages, run = self.stages, self.run_id
+        # One stage does it all in one call; otherwise the last stage's step waits and
+        # overlaps with the backward of the stage before.
+        reply = self._forward(
+            batch_id, dataset, rows, worker_pb2.FORWARD_MODE_TRAIN, True, step=len(stages) == 1
+        )
+        loss, grad = reply.message.loss, reply.tensor
+        owed = stages[-1] if len(stages) > 1 else None
         for i in range(len(stages) - 2, -1, -1):
             stage = stages[i]
             op = worker_pb2.BackwardRequest(
@@ -98,42 +116,14 @@ class Pipeline:
 
     def evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
         """Loss and accuracy of a batch, keeping no state on any worker."""
-        activation = None
-        for i, stage in enumerate(self.stages):
-            op = worker_pb2.ForwardRequest(
-                run_id=self.run_id,
-                segments=stage.segments,
-                batch_id=batch_id,
-                mode=worker_pb2.FORWARD_MODE_EVAL,
-            )
-            if i == 0:
-                op.data.dataset = dataset
-                op.data.indices.extend(rows)
-            if i == len(self.stages) - 1:
-                op.loss.kind = self.loss_kind
-                op.loss.dataset = dataset
-                op.loss.indices.extend(rows)
-            reply = self.clients[stage.host].call("forward", op, activation, "input")
-            activation = reply.tensor
+        reply = self._forward(batch_id, dataset, rows, worker_pb2.FORWARD_MODE_EVAL, True)
         loss = reply.message.loss
         return StepResult(loss.loss, loss.correct, loss.count)
 
     def predict(self, batch_id: int, dataset: str, rows: list[int]):
         """The chain's outputs for some of the owner's rows (no state kept)."""
-        activation = None
-        for i, stage in enumerate(self.stages):
-            op = worker_pb2.ForwardRequest(
-                run_id=self.run_id,
-                segments=stage.segments,
-                batch_id=batch_id,
-                mode=worker_pb2.FORWARD_MODE_EVAL,
-                want_output=True,
-            )
-            if i == 0:
-                op.data.dataset = dataset
-                op.data.indices.extend(rows)
-            activation = self.clients[stage.host].call("forward", op, activation, "input").tensor
-        return activation
+        mode = worker_pb2.FORWARD_MODE_EVAL
+        return self._forward(batch_id, dataset, rows, mode, False, want_output=True).tensor
 
     def flush(self) -> None:
         """Wait until every worker has answered every op sent."""

@@ -30,6 +30,11 @@ def turns(owners: list[str], rounds: int) -> Iterator[Turn]:
             index += 1
 
 
+def batch_count(rows: int, batch_size: int) -> int:
+    """Batches in one epoch of `rows` rows; batch_size 0 means the full batch."""
+    return 1 if batch_size <= 0 else -(-rows // batch_size)
+
+
 def batches(
     seed: int, turn: int, epoch: int, rows: int, batch_size: int, shuffle: bool
 ) -> list[list[int]]:
