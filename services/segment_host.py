@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +27,6 @@ from splitnn.errors import (
     ResourceExhausted,
 )
 from splitnn.losses import compute_loss, count_correct
-
-SETTLE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -92,9 +89,8 @@ class SegmentHost:
         self._pending: dict[tuple, PendingBatch] = {}
         self._lock = threading.RLock()
         # Steps promised to run right after a Backward's answer has gone out. Any
-        # other use of those segments waits for them (see owe_step / settle_step).
+        # other use of those segments runs them first (see owe_step / settle_step).
         self._owed: set[tuple[str, int]] = set()
-        self._settled = threading.Condition(self._lock)
         self.replay = ReplayCache()
 
     # ---- loading, export, drop -------------------------------------------------
@@ -127,6 +123,7 @@ class SegmentHost:
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
             self._check_slot(key, replace)  # again: another load may have won meanwhile
+            self._owed.discard(key)  # a step the replaced segment owed is void
             self._drop_pending(run_id, index)
             self.replay.forget_segment(run_id, index)
             self._segments[key] = segment
@@ -144,7 +141,7 @@ class SegmentHost:
     def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
         """The segment's weights, buffers and optimizer state as named tensors."""
         with self._lock:
-            self._await_settled(run_id, [index])
+            self._pay_owed(run_id, [index])
             segment = self._segment(run_id, index)
             state = {f"model.{k}": v for k, v in segment.module.state_dict().items()}
             state.update(
@@ -155,7 +152,7 @@ class SegmentHost:
     def drop_segment(self, run_id: str, index: int) -> None:
         """Forget a segment and whatever batches it was part of."""
         with self._lock:
-            self._await_settled(run_id, [index])
+            self._pay_owed(run_id, [index])
             self._segment(run_id, index)
             del self._segments[(run_id, index)]
             self._drop_pending(run_id, index)
@@ -308,27 +305,26 @@ class SegmentHost:
             return pending.input.grad if pending.input.requires_grad else None
 
     def owe_step(self, run_id: str, indices: list[int]) -> None:
-        """Promise a step of these segments (after answering a Backward): until it is
-        settled, export, drop, load and other forward/backward calls on them wait."""
+        """Promise a step of these segments (after answering a Backward). Whatever uses
+        them next (export, drop, another forward or backward) pays the step first;
+        nobody waits on the handler that owes it."""
         with self._lock:
             self._owed.update((run_id, i) for i in indices)
 
     def settle_step(self, run_id: str, indices: list[int]) -> None:
-        """Run the promised step (as Backward with step=True would have) and release
-        whatever waits for it."""
+        """Run the promised step of those of these segments that still owe it (as
+        Backward with step=True would have)."""
         with self._lock:
-            try:
-                _step([self._segment(run_id, i) for i in indices])
-            finally:
-                self._owed.difference_update((run_id, i) for i in indices)
-                self._settled.notify_all()
+            self._pay_owed(run_id, indices)
 
-    def _await_settled(self, run_id: str, indices) -> None:
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while any((run_id, i) in self._owed for i in indices):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._settled.wait(remaining):
-                raise FailedPrecondition(f"segments {list(indices)} still owe a step")
+    def _pay_owed(self, run_id: str, indices) -> None:
+        owed = [i for i in indices if (run_id, i) in self._owed]
+        if not owed:
+            return
+        try:
+            _step([self._segment(run_id, i) for i in owed])
+        finally:
+            self._owed.difference_update((run_id, i) for i in owed)
 
     def step(self, run_id: str, indices: list[int]) -> None:
         """Apply each segment's optimizer to its accumulated gradients."""
@@ -355,7 +351,7 @@ class SegmentHost:
 
     def _chain(self, run_id: str, indices: list[int]) -> list[Segment]:
         _check_run_id(run_id)
-        self._await_settled(run_id, indices)
+        self._pay_owed(run_id, indices)
         if not indices:
             raise InvalidArgument("no segments named")
         if any(b != a + 1 for a, b in zip(indices, indices[1:], strict=False)):
