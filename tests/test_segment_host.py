@@ -117,6 +117,26 @@ def test_segment_by_segment_matches_autograd_after_step(host):
         assert got.grad is None  # stepping clears the gradients
 
 
+def test_an_owed_step_is_paid_once_by_whoever_uses_the_segment_first(host):
+    # As the Exchange handler does: answer Backward, owe the step, settle it later.
+    reference = host_with_pair(reference_pair())
+    x, y = toy()
+    for h, owe in ((host, True), (reference, False)):
+        out = h.forward(RUN, [0, 1], 5, input=x).output
+        leaf = out.clone().requires_grad_(True)
+        sse(leaf, y).backward()
+        h.backward(RUN, [0, 1], 5, leaf.grad, step=not owe)
+        if owe:
+            host.owe_step(RUN, [0, 1])
+    exported = host.export_segment(RUN, 1)  # pays segment 1's step, not segment 0's
+    assert_same_state(exported, reference.export_segment(RUN, 1))
+    hidden = host.forward(RUN, [0], 6, input=x).output  # pays segment 0's step first
+    assert torch.equal(hidden, reference.forward(RUN, [0], 6, input=x).output)
+    host.settle_step(RUN, [0, 1])  # the handler comes back: nothing left to pay
+    for got, want in zip(host_params(host), host_params(reference), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_loss_at_host_on_own_data_matches_autograd(host):
     reference = reference_pair()
     x, y = toy()
