@@ -27,27 +27,32 @@ MODES = {
 
 
 def measure(steps: int, repeats: int) -> list[dict]:
-    """Median samples/s of every job in every mode."""
-    rows = []
-    for job, layout in (
-        (seed_job(), "seed 5-way"),
-        (mnist_mlp_job(), "owner | bob | owner"),
-        (mnist_mlp_5way_job(), "seed 5-way"),
-    ):
-        job_steps = steps * 2 if job.name == "seed" else steps
-        for mode, run in MODES.items():
-            figures = [run(job, job_steps)["samples_per_s"] for _ in range(repeats)]
-            rows.append(
-                {
-                    "job": job.name,
-                    "layout": layout,
-                    "mode": mode,
-                    "samples_per_s": statistics.median(figures),
-                    "runs": figures,
-                }
-            )
-            print(f"  {job.name:<15} {mode:<24} {rows[-1]['samples_per_s']:>9.0f}", file=sys.stderr)
-    return rows
+    """Median samples/s of every job in every mode. Repeats go round all modes in
+    turn, so a slow spell of a shared machine hits every mode alike."""
+    jobs = ((seed_job(), "seed 5-way"), (mnist_mlp_job(), "owner | bob | owner"))
+    jobs += ((mnist_mlp_5way_job(), "seed 5-way"),)
+    figures: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(repeats):
+        for job, _ in jobs:
+            job_steps = steps * 2 if job.name == "seed" else steps
+            for mode, run in MODES.items():
+                figure = run(job, job_steps)["samples_per_s"]
+                figures.setdefault((job.name, mode), []).append(figure)
+                print(
+                    f"  run {repeat + 1}/{repeats} {job.name:<15} {mode:<24} {figure:>9.0f}",
+                    file=sys.stderr,
+                )
+    return [
+        {
+            "job": job.name,
+            "layout": layout,
+            "mode": mode,
+            "samples_per_s": statistics.median(figures[(job.name, mode)]),
+            "runs": figures[(job.name, mode)],
+        }
+        for job, layout in jobs
+        for mode in MODES
+    ]
 
 
 def format_table(rows: list[dict]) -> str:
