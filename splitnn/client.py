@@ -161,20 +161,18 @@ class WorkerClient:
         )
 
     def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
-        """The segment's weights and optimizer state, as named tensors."""
-        blob = codec.BlobAssembler()
-        what = f"ExportSegment({index})"
-        try:
-            for response in self.stub.ExportSegment(
-                worker_pb2.ExportSegmentRequest(run_id=run_id, index=index),
-                timeout=self.timeout,
-                metadata=self.metadata,
-            ):
+        """The segment's weights and optimizer state, as named tensors. Reading changes
+        nothing, so a stream cut midway (UNAVAILABLE) is read again from the start."""
+        request = worker_pb2.ExportSegmentRequest(run_id=run_id, index=index)
+
+        def read(message, timeout, metadata):
+            blob = codec.BlobAssembler()
+            for response in self.stub.ExportSegment(message, timeout=timeout, metadata=metadata):
                 self.bytes_received += response.ByteSize()
                 blob.add(response.state)
-        except grpc.RpcError as err:
-            raise WorkerError(self.name, what, err.code(), err.details()) from None
-        return codec.decode_state(blob.blob())
+            return blob.blob()
+
+        return codec.decode_state(self._call(f"ExportSegment({index})", read, request))
 
     def drop_segment(self, run_id: str, index: int) -> None:
         """Forget a segment on the worker."""

@@ -138,3 +138,32 @@ def test_ops_retried_through_dropped_connections_are_applied_once(worker):
     expected = reference_weights(initial, steps)
     for key, value in expected.items():
         assert torch.allclose(exported[key], value, atol=1e-6), key
+
+
+def test_export_cut_midway_is_read_again(worker):
+    # 64 MiB of weights: more than gRPC buffers ahead of the reader, so a cut after
+    # the first chunk breaks the stream.
+    layers = [{"type": "Linear", "in_features": 4096, "out_features": 4096}]
+    proxy = CuttingProxy(worker.address)
+    client = WorkerClient("alice", proxy.address, backoff=0.02, retries=8)
+    try:
+        client.load_segment(RUN, 0, layers, OPTIMIZER, None)
+        expected = worker.host.export_segment(RUN, 0)
+        cuts = []
+        original = client.stub.ExportSegment
+
+        def cut_after_first_chunk(request, **kwargs):
+            for i, response in enumerate(original(request, **kwargs)):
+                if i == 0 and not cuts:
+                    cuts.append(proxy.cut())
+                yield response
+
+        client.stub.ExportSegment = cut_after_first_chunk
+        state = client.export_segment(RUN, 0)
+    finally:
+        client.close()
+        proxy.close()
+    assert cuts, "the export was never cut"
+    assert state.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(state[key], expected[key]), key
