@@ -42,8 +42,12 @@ def drive_batches(
         mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
     )
     for stage in stages:
+        client = clients[stage.host]
         request.stages.add(
-            host=stage.host, segments=stage.segments, address=clients[stage.host].address
+            host=stage.host,
+            segments=stage.segments,
+            address=client.address,
+            server_name=getattr(client, "server_name", None) or "",
         )
     for offset, rows in enumerate(batches):
         request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)

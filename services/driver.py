@@ -34,7 +34,9 @@ class Driver:
 
     def __init__(self, host: SegmentHost, client_factory=None):
         self.host = host
-        self.client_factory = client_factory or (lambda name, address: WorkerClient(name, address))
+        self.client_factory = client_factory or (
+            lambda name, address, server_name=None: WorkerClient(name, address)
+        )
         self._idle: dict[tuple[str, str], list[WorkerClient]] = {}
         self._lock = threading.Lock()
         # Results of recent training batches per run: a Drive retried after a lost
@@ -44,12 +46,14 @@ class Driver:
     def _checkout(self, stage: worker_pb2.Stage) -> WorkerClient:
         if not stage.address:
             raise InvalidArgument(f"stage on host {stage.host!r} has no address")
-        key = (stage.host, stage.address)
+        key = (stage.host, stage.address, stage.server_name)
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        return self.client_factory(stage.host, stage.address)
+        # With TLS, the peer must present a certificate for `server_name`, or else
+        # for its host name.
+        return self.client_factory(stage.host, stage.address, stage.server_name or None)
 
     def _checkin(self, clients: dict, healthy: bool) -> None:
         for client in clients.values():
@@ -59,7 +63,8 @@ class Driver:
                 client.close()
                 continue
             with self._lock:
-                self._idle.setdefault((client.name, client.address), []).append(client)
+                key = (client.name, client.address, client.server_name or "")
+                self._idle.setdefault(key, []).append(client)
 
     def drive(self, request: worker_pb2.DriveRequest):
         """Train (or evaluate) the request's batches; yield DriveResponses with results."""

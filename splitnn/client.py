@@ -67,9 +67,13 @@ class WorkerClient:
         backoff: float = 0.1,
         channel_options=(),
         metadata=(),
+        server_name: str | None = None,
     ):
         self.name = name
         self.address = address
+        # The name our TLS check expects of the worker, when not `name` (a driving
+        # worker is told it, to check the same name).
+        self.server_name = server_name
         self.timeout = timeout
         self.retries = retries
         self.retry_seconds = retry_seconds

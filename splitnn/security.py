@@ -203,6 +203,7 @@ class Security:
                 credentials=credentials,
                 channel_options=self.channel_options(server_name or name),
                 metadata=metadata,
+                server_name=server_name,
                 **client_kwargs,
             )
 

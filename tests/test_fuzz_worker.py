@@ -182,7 +182,10 @@ def start_fuzz_worker():
     included, when its call returns."""
     host = SegmentHost(HOST, {TOY_NAME: builtin(TOY_NAME)}, LIMITS)
     driver = Driver(
-        host, lambda name, address: WorkerClient(name, address, retries=1, backoff=0.01)
+        host,
+        lambda name, address, server_name=None: WorkerClient(
+            name, address, retries=1, backoff=0.01
+        ),
     )
     server, port = create_server("127.0.0.1:0")
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(

@@ -254,6 +254,27 @@ def test_worker_with_a_certificate_for_another_name_is_rejected(pki, serve, clie
     assert client.status() is not None
 
 
+def test_driving_worker_checks_a_peer_against_its_configured_server_name(pki, serve, tmp_path):
+    # bob's certificate names bob-prod, not bob; the config says so, and alice's worker,
+    # driving the chain, must expect that name of bob too.
+    assert splitnn_main(["certs", "issue", "bob-prod", "--dir", str(pki), "--force"]) == 0
+    text = SEED.read_text().replace("epochs = 300", "epochs = 3")
+    for host, default in zip(HOSTS, ("50051", "50052", "50053"), strict=True):
+        _, address = serve(host, *tls_flags(pki, "bob-prod" if host == "bob" else host))
+        text = text.replace(
+            f'{{ address = "127.0.0.1:{default}" }}', f'{{ address = "{address}" }}'
+        )
+    text = text.replace('bob = { address = "', 'bob = { server_name = "bob-prod", address = "')
+    config_path = tmp_path / "server_name.toml"
+    config_path.write_text(text)
+    config = load_config(config_path)
+    assert config.workers["bob"].server_name == "bob-prod"
+    train(config, tmp_path / "out", local=False, security=orchestrator_security(pki))
+    reference, _ = train_reference(config)
+    split = load_model_file(tmp_path / "out" / "model.safetensors")
+    assert max_weight_difference(split, reference.state_dict()) <= 1e-6
+
+
 # ---- the bearer token ------------------------------------------------------------
 
 
