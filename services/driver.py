@@ -3,17 +3,24 @@
 Relaying every activation through a separate orchestrator doubles the hops of
 a step. When the owner's worker drives, its own stages (the first and the
 last) run in-process and only the middle stages are called over the network.
+
+The batches run on one event loop per worker, with grpc.aio streams to the
+peers: a step's ops to a peer are written and answered on the loop's thread,
+instead of passing through gRPC's helper threads, which compete for the GIL
+with the arithmetic of the owner's own stages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
 from collections import OrderedDict
 
 from services.local_client import LocalClient
 from services.segment_host import SegmentHost
-from splitnn.client import WorkerClient
+from splitnn.aio_client import AsyncExchangeClient
 from splitnn.errors import InvalidArgument
 from splitnn.losses import LOSS_NAMES
 from splitnn.pipeline import Pipeline, Stage
@@ -23,6 +30,7 @@ FLUSH_SECONDS = 0.25
 FLUSH_BATCHES = 256
 REMEMBERED_BATCHES = 4096
 REMEMBERED_RUNS = 64
+_END = object()  # the batches of a Drive are all done
 
 
 class Driver:
@@ -30,20 +38,32 @@ class Driver:
 
     A peer connection (one Exchange stream) serves one Drive call at a time:
     concurrent runs each check out their own, so their ops never interleave.
+    `client_factory(name, address, server_name)` makes an AsyncExchangeClient-like
+    client; it is called on the driver's event loop.
     """
 
     def __init__(self, host: SegmentHost, client_factory=None):
         self.host = host
         self.client_factory = client_factory or (
-            lambda name, address, server_name=None: WorkerClient(name, address)
+            lambda name, address, server_name=None: AsyncExchangeClient(name, address)
         )
-        self._idle: dict[tuple[str, str], list[WorkerClient]] = {}
+        self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Results of recent training batches per run: a Drive retried after a lost
         # connection skips the batches already trained and reports them again.
         self._done: dict[str, OrderedDict[int, worker_pb2.BatchResult]] = {}
 
-    def _checkout(self, stage: worker_pb2.Stage) -> WorkerClient:
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=self._loop.run_forever, name=f"driver-{self.host.name}", daemon=True
+                ).start()
+            return self._loop
+
+    def _checkout(self, stage: worker_pb2.Stage):
         if not stage.address:
             raise InvalidArgument(f"stage on host {stage.host!r} has no address")
         key = (stage.host, stage.address, stage.server_name)
@@ -55,12 +75,12 @@ class Driver:
         # for its host name.
         return self.client_factory(stage.host, stage.address, stage.server_name or None)
 
-    def _checkin(self, clients: dict, healthy: bool) -> None:
+    async def _checkin(self, clients: dict, healthy: bool) -> None:
         for client in clients.values():
             if isinstance(client, LocalClient):
                 continue
             if not healthy:
-                client.close()
+                await client.close()
                 continue
             with self._lock:
                 key = (client.name, client.address, client.server_name or "")
@@ -79,30 +99,71 @@ class Driver:
         loss_name = LOSS_NAMES.get(request.loss)
         if loss_name is None:
             raise InvalidArgument(f"unknown loss kind {request.loss}")
-        stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
-        clients = {}
-        for stage in request.stages:
-            if stage.host not in clients:
-                own = stage.host == self.host.name
-                clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
-        pipeline = Pipeline(clients, request.run_id, stages, loss_name)
-        evaluate = request.mode == worker_pb2.FORWARD_MODE_EVAL
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        asyncio.run_coroutine_threadsafe(
+            self._run(request, loss_name, results, stop), self._event_loop()
+        )
+        try:
+            while True:
+                item = results.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # a cancelled Drive stops between batches
+
+    async def _run(self, request, loss_name: str, results: queue.SimpleQueue, stop) -> None:
+        """The batches of one Drive, on the event loop. DriveResponses, then the end (or
+        the error), go to `results`; a response gathers the results of a quarter of a
+        second, so the thread streaming them back wakes a few times a second."""
+        clients: dict = {}
         before = self.host.pending_batches(request.run_id)
+        try:
+            for stage in request.stages:
+                if stage.host not in clients:
+                    own = stage.host == self.host.name
+                    clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
+            stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
+            pipeline = Pipeline(clients, request.run_id, stages, loss_name)
+            await self._run_batches(request, pipeline, results, stop)
+            await pipeline.flush_async()
+        except BaseException as err:
+            await self._checkin(clients, healthy=False)
+            if not isinstance(err, _Stopped):
+                # A batch that failed midway leaves the Forwards of this worker's first
+                # stages pending: undo them (a retry runs them again), or every failed
+                # Drive would hold one until the pending cap refuses all Forwards.
+                batch_ids = {batch.batch_id for batch in request.batches}
+                self.host.discard_batches(request.run_id, batch_ids, keep=before)
+            results.put(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        await self._checkin(clients, healthy=True)
+        results.put(_END)
+
+    async def _run_batches(self, request, pipeline: Pipeline, results, stop) -> None:
+        evaluate = request.mode == worker_pb2.FORWARD_MODE_EVAL
+        done = self._done.setdefault(request.run_id, OrderedDict())
+        while len(self._done) > REMEMBERED_RUNS:  # forget the oldest runs
+            self._done.pop(next(iter(self._done)))
         pending = worker_pb2.DriveResponse()
         last_flush = time.monotonic()
-        try:
-            done = self._done.setdefault(request.run_id, OrderedDict())
-            while len(self._done) > REMEMBERED_RUNS:  # forget the oldest runs
-                self._done.pop(next(iter(self._done)))
-            for batch in request.batches:
-                rows = list(batch.indices)
-                if not evaluate and batch.batch_id in done:
-                    pending.results.append(done[batch.batch_id])
-                    continue
+        for batch in request.batches:
+            if stop.is_set():
+                raise _Stopped()
+            rows = list(batch.indices)
+            if not evaluate and batch.batch_id in done:
+                pending.results.append(done[batch.batch_id])
+            else:
                 if evaluate:
-                    result = pipeline.evaluate_batch(batch.batch_id, request.dataset, rows)
+                    run = pipeline.evaluate_batch_async
                 else:
-                    result = pipeline.train_step(batch.batch_id, request.dataset, rows)
+                    run = pipeline.train_step_async
+                result = await run(batch.batch_id, request.dataset, rows)
                 answer = pending.results.add(
                     batch_id=batch.batch_id,
                     loss=worker_pb2.LossResult(
@@ -113,22 +174,13 @@ class Driver:
                     done[batch.batch_id] = answer
                     while len(done) > REMEMBERED_BATCHES:
                         done.popitem(last=False)
-                now = time.monotonic()
-                if len(pending.results) >= FLUSH_BATCHES or now - last_flush > FLUSH_SECONDS:
-                    yield pending
-                    pending, last_flush = worker_pb2.DriveResponse(), now
-            pipeline.flush()
-        except Exception:
-            self._checkin(clients, healthy=False)
-            # A batch that failed midway leaves the Forwards of this worker's first stages
-            # pending: undo them (a retry runs them again), or every failed Drive would
-            # hold one until the pending cap refuses all Forwards.
-            batch_ids = {batch.batch_id for batch in request.batches}
-            self.host.discard_batches(request.run_id, batch_ids, keep=before)
-            raise
-        except BaseException:  # GeneratorExit: a cancelled Drive stops between batches
-            self._checkin(clients, healthy=False)
-            raise
-        self._checkin(clients, healthy=True)
+            now = time.monotonic()
+            if len(pending.results) >= FLUSH_BATCHES or now - last_flush > FLUSH_SECONDS:
+                results.put(pending)
+                pending, last_flush = worker_pb2.DriveResponse(), now
         if len(pending.results):
-            yield pending
+            results.put(pending)
+
+
+class _Stopped(Exception):
+    """The Drive call ended (cancelled) before its batches did."""

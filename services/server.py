@@ -160,7 +160,7 @@ def build(args: argparse.Namespace):
         )
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
-        driver = Driver(host, client_factory=security.client_factory())
+        driver = Driver(host, client_factory=security.async_client_factory())
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server
     )

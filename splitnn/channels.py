@@ -41,9 +41,14 @@ def create_server(address: str, max_workers: int = 16, interceptors=(), credenti
     return server, port
 
 
+def channel_options(options=()) -> list:
+    """Options of a channel to a worker: the same size limits as its server, then ours."""
+    return _OPTIONS + list(options)
+
+
 def create_channel(address: str, credentials=None, options=()) -> grpc.Channel:
     """A channel to a worker with the same size limits as its server."""
-    opts = _OPTIONS + list(options)
+    opts = channel_options(options)
     if credentials is None:
         return grpc.insecure_channel(address, options=opts)
     return grpc.secure_channel(address, credentials, options=opts)

@@ -52,6 +52,44 @@ class Reply:
 _RESPONSE_TENSOR = {"forward": ("input_grad", "output"), "backward": ("input_grad",), "step": ()}
 
 
+def op_messages(kind: str, op, tensor: torch.Tensor | None, field: str, chunk_bytes: int) -> list:
+    """The ExchangeRequests of one op: the op with the tensor's first chunk, then one
+    message per further chunk. Filled in place: the tensor's bytes are copied once."""
+    chunks = [None] if tensor is None else codec.encode(tensor, chunk_bytes)
+    messages = []
+    for i, chunk in enumerate(chunks):
+        message = worker_pb2.ExchangeRequest()
+        part = getattr(message, kind)
+        if i == 0:
+            part.CopyFrom(op)
+        else:
+            part.SetInParent()
+        if chunk is not None:
+            getattr(part, field).CopyFrom(chunk)
+        messages.append(message)
+    return messages
+
+
+class ReplyAssembler:
+    """Turns the ExchangeResponses answering one op into its Reply."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._head = None
+        self._tensor = codec.TensorAssembler()
+
+    def add(self, message) -> Reply | None:
+        """Take the next response message; the Reply once the op's answer is whole."""
+        part = getattr(message, message.WhichOneof("result"))
+        if self._head is None:
+            self._head = part
+        field = next((f for f in _RESPONSE_TENSOR[self.kind] if part.HasField(f)), None)
+        if field is None:
+            return Reply(self._head, None)
+        tensor = self._tensor.add(getattr(part, field))
+        return None if tensor is None else Reply(self._head, tensor)
+
+
 class WorkerClient:
     """Talks to one worker; counts the bytes it sends and receives."""
 
@@ -232,19 +270,7 @@ class WorkerClient:
     def submit(self, kind: str, op, tensor: torch.Tensor | None = None, field: str = "") -> None:
         """Send one op (forward, backward or step) on the stream; answers come in order."""
         self._ensure_stream()
-        chunks = [None] if tensor is None else codec.encode(tensor, self.chunk_bytes)
-        messages = []
-        for i, chunk in enumerate(chunks):
-            # Filled in place: the tensor's bytes are copied into the request once.
-            message = worker_pb2.ExchangeRequest()
-            part = getattr(message, kind)
-            if i == 0:
-                part.CopyFrom(op)
-            else:
-                part.SetInParent()
-            if chunk is not None:
-                getattr(part, field).CopyFrom(chunk)
-            messages.append(message)
+        messages = op_messages(kind, op, tensor, field, self.chunk_bytes)
         for message in messages:
             self.bytes_sent += message.ByteSize()
             self._requests.put(message)
@@ -283,19 +309,13 @@ class WorkerClient:
         raise AssertionError("unreachable")
 
     def _read_reply(self, kind: str) -> Reply:
-        head, tensor, assembler = None, None, codec.TensorAssembler()
+        assembler = ReplyAssembler(kind)
         while True:
             message = next(self._responses)
             self.bytes_received += message.ByteSize()
-            part = getattr(message, message.WhichOneof("result"))
-            if head is None:
-                head = part
-            field = next((f for f in _RESPONSE_TENSOR[kind] if part.HasField(f)), None)
-            if field is None:
-                return Reply(head, None)
-            tensor = assembler.add(getattr(part, field))
-            if tensor is not None:
-                return Reply(head, tensor)
+            reply = assembler.add(message)
+            if reply is not None:
+                return reply
 
     def _resend(self) -> None:
         pending = list(self._pending)

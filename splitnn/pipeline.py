@@ -4,10 +4,15 @@ Consecutive segments on one host form a stage and run in one call. Activations
 go forward stage by stage; the last stage, at the data owner, computes the loss
 against its own labels, backpropagates and steps; gradients then go back stage
 by stage, each stage stepping its optimizers right after its backward pass.
+
+The steps are written once, as plans that yield the client calls they need;
+the same plan runs on blocking clients (the orchestrator relaying tensors) or
+on an event loop with async clients (a data owner's worker driving the chain).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from splitnn.client import WorkerClient
@@ -83,16 +88,67 @@ class Pipeline:
                 op.loss.dataset = dataset
                 op.loss.indices.extend(rows)
                 op.step = step
-            reply = self.clients[stage.host].call("forward", op, activation, "input")
+            reply = yield "call", stage.host, ("forward", op, activation, "input")
             activation = reply.tensor
         return reply
 
     def train_step(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
         """Forward, loss, backward and step for one batch of the owner's rows."""
+        return self._run(self._train_step(batch_id, dataset, rows))
+
+    async def train_step_async(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
+        """train_step on an event loop (clients whose methods may be coroutines)."""
+        return await self._run_async(self._train_step(batch_id, dataset, rows))
+
+    def evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
+        """Loss and accuracy of a batch, keeping no state on any worker."""
+        return self._run(self._evaluate_batch(batch_id, dataset, rows))
+
+    async def evaluate_batch_async(self, batch_id: int, dataset: str, rows: list[int]):
+        """evaluate_batch on an event loop."""
+        return await self._run_async(self._evaluate_batch(batch_id, dataset, rows))
+
+    def predict(self, batch_id: int, dataset: str, rows: list[int]):
+        """The chain's outputs for some of the owner's rows (no state kept)."""
+        mode = worker_pb2.FORWARD_MODE_EVAL
+        plan = self._forward(batch_id, dataset, rows, mode, False, want_output=True)
+        return self._run(plan).tensor
+
+    def flush(self) -> None:
+        """Wait until every worker has answered every op sent."""
+        self._run(self._flush())
+
+    async def flush_async(self) -> None:
+        """flush on an event loop."""
+        await self._run_async(self._flush())
+
+    def _run(self, plan):
+        """Carry out a plan's calls on blocking clients; return what the plan returns."""
+        reply = None
+        while True:
+            try:
+                what, host, args = plan.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = getattr(self.clients[host], what)(*args)
+
+    async def _run_async(self, plan):
+        """Carry out a plan's calls, awaiting those that are coroutines."""
+        reply = None
+        while True:
+            try:
+                what, host, args = plan.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = getattr(self.clients[host], what)(*args)
+            if inspect.isawaitable(reply):
+                reply = await reply
+
+    def _train_step(self, batch_id: int, dataset: str, rows: list[int]):
         stages, run = self.stages, self.run_id
         # One stage does it all in one call; otherwise the last stage's step waits and
         # overlaps with the backward of the stage before.
-        reply = self._forward(
+        reply = yield from self._forward(
             batch_id, dataset, rows, worker_pb2.FORWARD_MODE_TRAIN, True, step=len(stages) == 1
         )
         loss, grad = reply.message.loss, reply.tensor
@@ -102,30 +158,23 @@ class Pipeline:
             op = worker_pb2.BackwardRequest(
                 run_id=run, segments=stage.segments, batch_id=batch_id, step=True
             )
-            client = self.clients[stage.host]
-            client.submit("backward", op, grad, "output_grad")
+            yield "submit", stage.host, ("backward", op, grad, "output_grad")
             if owed is not None:
                 step = worker_pb2.StepRequest(run_id=run, segments=owed.segments, batch_id=batch_id)
-                self.clients[owed.host].submit("step", step)
+                yield "submit", owed.host, ("step", step)
                 owed = None
             # Nothing flows back from the first stage: do not wait for its answer; the
             # stream keeps it ordered before this worker's next op.
             if i > 0:
-                grad = client.drain().tensor
+                grad = (yield "drain", stage.host, ()).tensor
         return StepResult(loss.loss, loss.correct, loss.count)
 
-    def evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
-        """Loss and accuracy of a batch, keeping no state on any worker."""
-        reply = self._forward(batch_id, dataset, rows, worker_pb2.FORWARD_MODE_EVAL, True)
+    def _evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]):
+        mode = worker_pb2.FORWARD_MODE_EVAL
+        reply = yield from self._forward(batch_id, dataset, rows, mode, True)
         loss = reply.message.loss
         return StepResult(loss.loss, loss.correct, loss.count)
 
-    def predict(self, batch_id: int, dataset: str, rows: list[int]):
-        """The chain's outputs for some of the owner's rows (no state kept)."""
-        mode = worker_pb2.FORWARD_MODE_EVAL
-        return self._forward(batch_id, dataset, rows, mode, False, want_output=True).tensor
-
-    def flush(self) -> None:
-        """Wait until every worker has answered every op sent."""
+    def _flush(self):
         for stage in self.stages:
-            self.clients[stage.host].drain()
+            yield "drain", stage.host, ()

@@ -209,6 +209,27 @@ class Security:
 
         return factory
 
+    def async_client_factory(self, **client_kwargs):
+        """Like client_factory, for the Exchange stream on an event loop (a data owner's
+        worker driving the chain): the same credentials, token and name check."""
+        from splitnn.aio_client import AsyncExchangeClient
+
+        credentials = self.channel_credentials()
+        metadata = self.metadata()
+
+        def factory(name: str, address: str, server_name: str | None = None):
+            return AsyncExchangeClient(
+                name,
+                address,
+                credentials=credentials,
+                channel_options=self.channel_options(server_name or name),
+                metadata=metadata,
+                server_name=server_name,
+                **client_kwargs,
+            )
+
+        return factory
+
     def worker_args(self, host: str, token_file: Path | None = None) -> list[str]:
         """`splitnn-worker` flags for a local worker HOST with matching security: its
         certificate from `host_cert_dir`, the same CA, the same token."""

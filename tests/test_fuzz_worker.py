@@ -37,6 +37,7 @@ from services.servicer import WorkerServicer
 from splitnn import codec
 from splitnn import layers as layer_specs
 from splitnn import optim as optim_specs
+from splitnn.aio_client import AsyncExchangeClient
 from splitnn.channels import create_channel, create_server
 from splitnn.client import WorkerClient
 from splitnn.datasets import TOY_NAME, builtin
@@ -183,7 +184,7 @@ def start_fuzz_worker():
     host = SegmentHost(HOST, {TOY_NAME: builtin(TOY_NAME)}, LIMITS)
     driver = Driver(
         host,
-        lambda name, address, server_name=None: WorkerClient(
+        lambda name, address, server_name=None: AsyncExchangeClient(
             name, address, retries=1, backoff=0.01
         ),
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import threading
 
+import pytest
 import torch
 from torch import nn
 
 from splitnn import optim as optim_specs
+from splitnn.aio_client import AsyncExchangeClient
 from splitnn.client import WorkerClient
 from splitnn.datasets import TOY_NAME, toy_arrays
 from splitnn.losses import compute_loss
@@ -97,7 +100,49 @@ def reference_weights(initial, steps):
     return model.state_dict()
 
 
-def test_ops_retried_through_dropped_connections_are_applied_once(worker):
+def _run_sync(address, steps, cut):
+    client = WorkerClient("alice", address, backoff=0.02, retries=8)
+    try:
+        # Two stages on one worker, so each step is a Forward, then a Forward with the
+        # loss, then a Backward: three chances per step for a cut to lose an answer.
+        pipeline = Pipeline(
+            {"a": client, "b": client},
+            RUN,
+            [Stage("a", (0,)), Stage("b", (1,))],
+            "sum_squared_error",
+        )
+        for step in range(1, steps + 1):
+            cut()
+            pipeline.train_step(step, TOY_NAME, list(range(16)))
+        pipeline.flush()
+    finally:
+        client.close()
+
+
+def _run_async(address, steps, cut):
+    """The same steps with the event-loop client a driving worker uses."""
+
+    async def run():
+        client = AsyncExchangeClient("alice", address, backoff=0.02, retries=8)
+        try:
+            pipeline = Pipeline(
+                {"a": client, "b": client},
+                RUN,
+                [Stage("a", (0,)), Stage("b", (1,))],
+                "sum_squared_error",
+            )
+            for step in range(1, steps + 1):
+                cut()
+                await pipeline.train_step_async(step, TOY_NAME, list(range(16)))
+            await pipeline.flush_async()
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("run_steps", [_run_sync, _run_async], ids=["blocking", "event-loop"])
+def test_ops_retried_through_dropped_connections_are_applied_once(worker, run_steps):
     torch.manual_seed(0)
     modules = [
         nn.Sequential(nn.Linear(4, 3), nn.Tanh()),
@@ -107,33 +152,26 @@ def test_ops_retried_through_dropped_connections_are_applied_once(worker):
         f"{i}.{k}": v.clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()
     }
     proxy = CuttingProxy(worker.address)
-    client = WorkerClient("alice", proxy.address, backoff=0.02, retries=8)
+    direct = WorkerClient("alice", worker.address)
+    rng = random.Random(1)
+
+    def maybe_cut():
+        if rng.random() < 0.3:
+            threading.Timer(rng.random() * 0.002, proxy.cut).start()
+
+    steps = 60
     try:
         for i, module in enumerate(modules):
             state = {f"model.{k}": v for k, v in module.state_dict().items()}
-            client.load_segment(RUN, i, LAYERS[i], OPTIMIZER, state)
-        # Two stages on one worker, so each step is a Forward, then a Forward with the
-        # loss, then a Backward: three chances per step for a cut to lose an answer.
-        pipeline = Pipeline(
-            {"a": client, "b": client},
-            RUN,
-            [Stage("a", (0,)), Stage("b", (1,))],
-            "sum_squared_error",
-        )
-        rng = random.Random(1)
-        steps = 60
-        for step in range(1, steps + 1):
-            if rng.random() < 0.3:
-                threading.Timer(rng.random() * 0.002, proxy.cut).start()
-            pipeline.train_step(step, TOY_NAME, list(range(16)))
-        pipeline.flush()
+            direct.load_segment(RUN, i, LAYERS[i], OPTIMIZER, state)
+        run_steps(proxy.address, steps, maybe_cut)
         assert proxy.cuts >= 10
         exported = {}
         for i in range(2):
-            state = client.export_segment(RUN, i)
+            state = direct.export_segment(RUN, i)
             exported.update({f"{i}.{k[6:]}": v for k, v in state.items() if k.startswith("model.")})
     finally:
-        client.close()
+        direct.close()
         proxy.close()
     expected = reference_weights(initial, steps)
     for key, value in expected.items():

@@ -1,0 +1,174 @@
+"""The Exchange stream of a worker, for code running on an asyncio event loop.
+
+A data owner's worker drives the chain from one event loop (services.driver):
+with grpc.aio, writing an op and reading its answer happen on that loop's
+thread, with no hand-over to gRPC's helper threads as in the blocking API.
+That is worth a tenth of a step on the MLP benchmark. Same ops, same answers
+and same retry rules as splitnn.client.WorkerClient's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import grpc
+from grpc import aio
+
+from splitnn import channels, codec
+from splitnn.client import (
+    _KEEPALIVE,
+    DEFAULT_TIMEOUT,
+    Reply,
+    ReplyAssembler,
+    WorkerError,
+    op_messages,
+)
+from splitnn.v1 import worker_pb2
+
+_EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
+
+
+class AsyncExchangeClient:
+    """Ops to one worker on a long-lived Exchange stream; create and use it on one loop."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials=None,
+        timeout: float = DEFAULT_TIMEOUT,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        retries: int = 5,
+        retry_seconds: float = 20.0,
+        backoff: float = 0.1,
+        channel_options=(),
+        metadata=(),
+        server_name: str | None = None,
+    ):
+        self.name = name
+        self.address = address
+        self.server_name = server_name
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self.retries = retries
+        self.retry_seconds = retry_seconds
+        self.backoff = backoff
+        self.metadata = tuple(metadata)
+        options = channels.channel_options(list(_KEEPALIVE) + list(channel_options))
+        if credentials is None:
+            self.channel = aio.insecure_channel(address, options=options)
+        else:
+            self.channel = aio.secure_channel(address, credentials, options=options)
+        # Bytes are counted as they are (de)serialized: exact, and no second encoding.
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._exchange = self.channel.stream_stream(
+            _EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
+        )
+        self._call = None
+        self._pending: deque = deque()
+
+    def _serialize(self, message) -> bytes:
+        data = message.SerializeToString()
+        self.bytes_sent += len(data)
+        return data
+
+    def _parse(self, data: bytes):
+        self.bytes_received += len(data)
+        return worker_pb2.ExchangeResponse.FromString(data)
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based): doubling, capped."""
+        return min(self.backoff * 2**attempt, 2.0)
+
+    async def submit(self, kind: str, op, tensor=None, field: str = "") -> None:
+        """Send one op (forward, backward or step); answers come in order."""
+        messages = op_messages(kind, op, tensor, field, self.chunk_bytes)
+        self._pending.append((kind, messages))
+        await self._write(messages)
+
+    async def _write(self, messages) -> None:
+        if self._call is None:
+            self._call = self._exchange(metadata=self.metadata)
+        try:
+            for message in messages:
+                await self._call.write(message)
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            pass  # the stream has ended: reading the answer reports why
+
+    async def receive(self) -> Reply:
+        """The answer to the oldest op not yet answered."""
+        if not self._pending:
+            raise RuntimeError("no op awaits an answer")
+        kind, _ = self._pending[0]
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                async with asyncio.timeout(self.timeout):  # no task per read, as wait_for
+                    reply = await self._read_reply(kind)
+                self._pending.popleft()
+                return reply
+            except TimeoutError:
+                error = WorkerError(
+                    self.name,
+                    f"Exchange {kind}",
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no answer for {self.timeout:.0f}s from {self.address}",
+                )
+            except grpc.RpcError as err:
+                error = WorkerError(self.name, f"Exchange {kind}", err.code(), err.details())
+            retry = (
+                error.code == grpc.StatusCode.UNAVAILABLE
+                and attempt < self.retries
+                and time.monotonic() - started < self.retry_seconds
+            )
+            if not retry:
+                self._reset_stream()
+                raise error
+            # Transient: reopen the stream and send every unanswered op again. Ops
+            # carry (run, segments, batch id); the worker applies each only once.
+            await asyncio.sleep(self.backoff_delay(attempt))
+            self._end_stream()
+            for _, messages in list(self._pending):
+                await self._write(messages)
+        raise AssertionError("unreachable")
+
+    async def _read_reply(self, kind: str) -> Reply:
+        if self._call is None:
+            raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+        assembler = ReplyAssembler(kind)
+        while True:
+            message = await self._call.read()
+            if message is aio.EOF:
+                raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+            reply = assembler.add(message)
+            if reply is not None:
+                return reply
+
+    async def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
+        """Send an op and wait for its answer (and every earlier one)."""
+        await self.submit(kind, op, tensor, field)
+        return await self.drain()
+
+    async def drain(self) -> Reply | None:
+        """Wait for every op sent so far; return the last answer."""
+        reply = None
+        while self._pending:
+            reply = await self.receive()
+        return reply
+
+    def _end_stream(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._call = None
+
+    def _reset_stream(self) -> None:
+        self._end_stream()
+        self._pending.clear()
+
+    async def close(self) -> None:
+        """End the stream and the channel."""
+        self._reset_stream()
+        await self.channel.close()
