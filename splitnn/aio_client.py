@@ -68,6 +68,7 @@ class AsyncExchangeClient:
             _EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
         )
         self._call = None
+        self._write_failed = False
         self._pending: deque = deque()
 
     def _serialize(self, message) -> bytes:
@@ -95,7 +96,11 @@ class AsyncExchangeClient:
         try:
             for message in messages:
                 await self._call.write(message)
-        except (grpc.RpcError, asyncio.InvalidStateError):
+        except grpc.RpcError:
+            # The link dropped mid-write: grpc.aio then ends the call with a local
+            # INTERNAL ("Internal error from Core") instead of UNAVAILABLE.
+            self._write_failed = True
+        except asyncio.InvalidStateError:
             pass  # the stream has ended: reading the answer reports why
 
     async def receive(self) -> Reply:
@@ -118,7 +123,10 @@ class AsyncExchangeClient:
                     f"no answer for {self.timeout:.0f}s from {self.address}",
                 )
             except grpc.RpcError as err:
-                error = WorkerError(self.name, f"Exchange {kind}", err.code(), err.details())
+                code = err.code()
+                if code == grpc.StatusCode.INTERNAL and self._write_failed:
+                    code = grpc.StatusCode.UNAVAILABLE  # our write failed: a lost link
+                error = WorkerError(self.name, f"Exchange {kind}", code, err.details())
             retry = (
                 error.code == grpc.StatusCode.UNAVAILABLE
                 and attempt < self.retries
@@ -162,7 +170,7 @@ class AsyncExchangeClient:
     def _end_stream(self) -> None:
         if self._call is not None:
             self._call.cancel()
-        self._call = None
+        self._call, self._write_failed = None, False
 
     def _reset_stream(self) -> None:
         self._end_stream()
