@@ -50,6 +50,9 @@ class Driver:
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # One Drive per run at a time: a Drive retried after a lost connection waits
+        # for the one it replaces to stop (between batches) instead of racing it.
+        self._run_locks: dict[str, asyncio.Lock] = {}
         # Results of recent training batches per run: a Drive retried after a lost
         # connection skips the batches already trained and reports them again.
         self._done: dict[str, OrderedDict[int, worker_pb2.BatchResult]] = {}
@@ -86,8 +89,10 @@ class Driver:
                 key = (client.name, client.address, client.server_name or "")
                 self._idle.setdefault(key, []).append(client)
 
-    def drive(self, request: worker_pb2.DriveRequest):
-        """Train (or evaluate) the request's batches; yield DriveResponses with results."""
+    def drive(self, request: worker_pb2.DriveRequest, context=None):
+        """Train (or evaluate) the request's batches; yield DriveResponses with results.
+        With the call's `context`, a cancelled call stops the batches at once (between
+        two batches) rather than at the next response."""
         if len(request.stages) == 0:
             raise InvalidArgument("Drive needs at least one stage")
         for end in (request.stages[0], request.stages[-1]):
@@ -101,6 +106,9 @@ class Driver:
             raise InvalidArgument(f"unknown loss kind {request.loss}")
         results: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
+        # The callback runs when the call ends, cancelled or not (False: it has ended).
+        if context is not None and not context.add_callback(stop.set):
+            stop.set()
         asyncio.run_coroutine_threadsafe(
             self._run(request, loss_name, results, stop), self._event_loop()
         )
@@ -119,6 +127,19 @@ class Driver:
         """The batches of one Drive, on the event loop. DriveResponses, then the end (or
         the error), go to `results`; a response gathers the results of a quarter of a
         second, so the thread streaming them back wakes a few times a second."""
+        async with self._run_lock(request.run_id):
+            await self._run_alone(request, loss_name, results, stop)
+
+    def _run_lock(self, run_id: str) -> asyncio.Lock:
+        lock = self._run_locks.get(run_id)
+        if lock is None:
+            if len(self._run_locks) >= REMEMBERED_RUNS:  # forget idle runs' locks
+                for old in [k for k, v in self._run_locks.items() if not v.locked()]:
+                    del self._run_locks[old]
+            lock = self._run_locks[run_id] = asyncio.Lock()
+        return lock
+
+    async def _run_alone(self, request, loss_name: str, results, stop) -> None:
         clients: dict = {}
         before = self.host.pending_batches(request.run_id)
         try:

@@ -241,7 +241,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Drive(self, request, context):
         with _errors_to_status(context):
-            yield from self.driver.drive(request)
+            yield from self.driver.drive(request, context)
 
     def _answer(self, answer, wrap_as: str | None = None):
         """Response messages for an applied op: the head, then the tensor in chunks;

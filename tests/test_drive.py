@@ -1,0 +1,106 @@
+"""A data owner's worker driving the chain: a Drive its caller cancels stops between
+batches, and a Drive of the same batches afterwards (what the orchestrator sends after
+a lost connection) waits for it, then trains each batch exactly once."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+from torch import nn
+
+from splitnn import optim as optim_specs
+from splitnn.client import WorkerClient
+from splitnn.datasets import TOY_NAME, toy_arrays
+from splitnn.losses import compute_loss, loss_kind
+from splitnn.v1 import worker_pb2
+from tests.conftest import start_worker
+
+RUN = "drive-run"
+LAYERS = [
+    [{"type": "Linear", "in_features": 4, "out_features": 3}, {"type": "Tanh"}],
+    [{"type": "Linear", "in_features": 3, "out_features": 3}, {"type": "Sigmoid"}],
+    [{"type": "Linear", "in_features": 3, "out_features": 1}, {"type": "Sigmoid"}],
+]
+OPTIMIZER = optim_specs.normalize({"name": "sgd", "lr": 0.2, "momentum": 0.9})
+BATCHES = 1500
+
+
+def build_modules():
+    torch.manual_seed(3)
+    return [
+        nn.Sequential(nn.Linear(4, 3), nn.Tanh()),
+        nn.Sequential(nn.Linear(3, 3), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(3, 1), nn.Sigmoid()),
+    ]
+
+
+def reference_state(steps: int) -> dict[str, torch.Tensor]:
+    model = nn.Sequential(*build_modules())
+    optimizer = optim_specs.build_optimizer(model.parameters(), OPTIMIZER)
+    x, y = (torch.from_numpy(a) for a in toy_arrays())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        compute_loss("sum_squared_error", model(x), y).backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+@pytest.fixture
+def owner_and_bob():
+    owner, stop_owner = start_worker("owner")
+    bob, stop_bob = start_worker("bob")
+    try:
+        yield owner, bob
+    finally:
+        stop_owner()
+        stop_bob()
+
+
+def test_cancelled_drive_stops_and_the_same_drive_again_trains_each_batch_once(owner_and_bob):
+    owner, bob = owner_and_bob
+    clients = {
+        "owner": WorkerClient("owner", owner.address),
+        "bob": WorkerClient("bob", bob.address),
+    }
+    placement = ["owner", "bob", "owner"]
+    try:
+        for index, (host, module) in enumerate(zip(placement, build_modules(), strict=True)):
+            state = {f"model.{k}": v for k, v in module.state_dict().items()}
+            clients[host].load_segment(RUN, index, LAYERS[index], OPTIMIZER, state)
+        request = worker_pb2.DriveRequest(
+            run_id=RUN,
+            loss=loss_kind("sum_squared_error"),
+            dataset=TOY_NAME,
+            mode=worker_pb2.FORWARD_MODE_TRAIN,
+        )
+        for index, host in enumerate(placement):
+            request.stages.add(host=host, segments=[index], address=clients[host].address)
+        for batch_id in range(1, BATCHES + 1):
+            request.batches.add(batch_id=batch_id, indices=range(16))
+
+        call = owner.stub.Drive(request)
+        first = next(call)  # a quarter of a second of batches, then cut the call short
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as cut:
+            list(call)
+        assert cut.value.code() == grpc.StatusCode.CANCELLED
+        trained_before = first.results[-1].batch_id
+        assert 0 < trained_before < BATCHES
+
+        # Sent at once: it must wait for the cancelled Drive to stop, not race it.
+        results = list(clients["owner"].drive(request))
+        assert [r.batch_id for r in results] == list(range(1, BATCHES + 1))
+        assert results[0].loss.loss == first.results[0].loss.loss  # reported, not retrained
+
+        exported = {}
+        for index, host in enumerate(placement):
+            state = clients[host].export_segment(RUN, index)
+            exported |= {f"{index}.{k[6:]}": v for k, v in state.items() if k[:6] == "model."}
+        status = clients["owner"].status()
+        assert all(segment.pending_batches == 0 for segment in status.segments)
+    finally:
+        for client in clients.values():
+            client.close()
+    for key, value in reference_state(BATCHES).items():
+        assert torch.equal(exported[key], value), key
