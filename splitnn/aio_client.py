@@ -28,6 +28,11 @@ from splitnn.client import (
 from splitnn.v1 import worker_pb2
 
 _EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
+# Pings every 2 s instead of 10: with grpc.aio, a connection reset by the peer is at
+# times only noticed at the next write, so a read may otherwise wait a whole period.
+_PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
+    option for option in _KEEPALIVE if option[0] != "grpc.keepalive_time_ms"
+]
 
 
 class AsyncExchangeClient:
@@ -56,7 +61,7 @@ class AsyncExchangeClient:
         self.retry_seconds = retry_seconds
         self.backoff = backoff
         self.metadata = tuple(metadata)
-        options = channels.channel_options(list(_KEEPALIVE) + list(channel_options))
+        options = channels.channel_options(_PEER_KEEPALIVE + list(channel_options))
         if credentials is None:
             self.channel = aio.insecure_channel(address, options=options)
         else:
