@@ -4,6 +4,9 @@ a lost connection) waits for it, then trains each batch exactly once."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
 import pytest
 import torch
@@ -104,3 +107,42 @@ def test_cancelled_drive_stops_and_the_same_drive_again_trains_each_batch_once(o
             client.close()
     for key, value in reference_state(BATCHES).items():
         assert torch.equal(exported[key], value), key
+
+
+def test_an_all_local_drive_leaves_room_for_another_runs_drive(owner_and_bob):
+    # One event loop runs every Drive of a worker: a chain that never waits for a peer
+    # must still give way between batches, or another run would wait for it to end.
+    owner, _ = owner_and_bob
+    client = WorkerClient("owner", owner.address)
+    requests = {}
+    try:
+        for run, batches in (("long-run", 4000), ("short-run", 5)):
+            for index, layers in enumerate((LAYERS[0], LAYERS[2])):
+                client.load_segment(run, index, layers, OPTIMIZER, None)
+            request = worker_pb2.DriveRequest(
+                run_id=run, loss=loss_kind("sum_squared_error"), dataset=TOY_NAME
+            )
+            request.stages.add(host="owner", segments=[0, 1], address=owner.address)
+            for batch_id in range(1, batches + 1):
+                request.batches.add(batch_id=batch_id, indices=range(16))
+            requests[run] = request
+        long_call = owner.stub.Drive(requests["long-run"])
+        first = next(long_call)  # the long Drive is under way
+        rest, arrivals = [], []
+
+        def read_long():
+            for response in long_call:
+                rest.extend(response.results)
+                arrivals.append(time.monotonic())
+
+        reader = threading.Thread(target=read_long)
+        reader.start()
+        short = list(client.drive(requests["short-run"]))
+        short_done = time.monotonic()
+        reader.join(timeout=60)
+    finally:
+        client.close()
+    assert [r.batch_id for r in short] == [1, 2, 3, 4, 5]
+    assert len(first.results) + len(rest) == 4000
+    # Ordering, not duration: the short Drive ended while the long one still ran.
+    assert short_done < arrivals[-1], "the short Drive waited for the long one to end"
