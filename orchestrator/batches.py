@@ -47,7 +47,7 @@ def drive_batches(
             host=stage.host,
             segments=stage.segments,
             address=client.address,
-            server_name=getattr(client, "server_name", None) or "",
+            server_name=client.server_name or "",
         )
     for offset, rows in enumerate(batches):
         request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)

@@ -20,6 +20,7 @@ from services.health import add_health_and_reflection
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
 from splitnn import codec
+from splitnn.aio_client import AsyncExchangeClient
 from splitnn.channels import create_server
 from splitnn.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
@@ -160,7 +161,7 @@ def build(args: argparse.Namespace):
         )
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
-        driver = Driver(host, client_factory=security.async_client_factory())
+        driver = Driver(host, client_factory=security.client_factory(AsyncExchangeClient))
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server
     )

@@ -16,10 +16,10 @@ from collections import deque
 import grpc
 from grpc import aio
 
-from splitnn import channels, codec
+from splitnn import channels
 from splitnn.client import (
     _KEEPALIVE,
-    DEFAULT_TIMEOUT,
+    PeerSettings,
     Reply,
     ReplyAssembler,
     WorkerError,
@@ -35,40 +35,18 @@ _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
 ]
 
 
-class AsyncExchangeClient:
-    """Ops to one worker on a long-lived Exchange stream; create and use it on one loop."""
+class AsyncExchangeClient(PeerSettings):
+    """Ops to one worker on a long-lived Exchange stream; create and use it on one loop.
+    `settings` are PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
 
-    def __init__(
-        self,
-        name: str,
-        address: str,
-        credentials=None,
-        timeout: float = DEFAULT_TIMEOUT,
-        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
-        retries: int = 5,
-        retry_seconds: float = 20.0,
-        backoff: float = 0.1,
-        channel_options=(),
-        metadata=(),
-        server_name: str | None = None,
-    ):
-        self.name = name
-        self.address = address
-        self.server_name = server_name
-        self.timeout = timeout
-        self.chunk_bytes = chunk_bytes
-        self.retries = retries
-        self.retry_seconds = retry_seconds
-        self.backoff = backoff
-        self.metadata = tuple(metadata)
+    def __init__(self, name: str, address: str, credentials=None, channel_options=(), **settings):
+        super().__init__(name, address, **settings)
         options = channels.channel_options(_PEER_KEEPALIVE + list(channel_options))
         if credentials is None:
             self.channel = aio.insecure_channel(address, options=options)
         else:
             self.channel = aio.secure_channel(address, credentials, options=options)
         # Bytes are counted as they are (de)serialized: exact, and no second encoding.
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self._exchange = self.channel.stream_stream(
             _EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
         )
@@ -84,10 +62,6 @@ class AsyncExchangeClient:
     def _parse(self, data: bytes):
         self.bytes_received += len(data)
         return worker_pb2.ExchangeResponse.FromString(data)
-
-    def backoff_delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number `attempt` (0-based): doubling, capped."""
-        return min(self.backoff * 2**attempt, 2.0)
 
     async def submit(self, kind: str, op, tensor=None, field: str = "") -> None:
         """Send one op (forward, backward or step); answers come in order."""
@@ -132,12 +106,7 @@ class AsyncExchangeClient:
                 if code == grpc.StatusCode.INTERNAL and self._write_failed:
                     code = grpc.StatusCode.UNAVAILABLE  # our write failed: a lost link
                 error = WorkerError(self.name, f"Exchange {kind}", code, err.details())
-            retry = (
-                error.code == grpc.StatusCode.UNAVAILABLE
-                and attempt < self.retries
-                and time.monotonic() - started < self.retry_seconds
-            )
-            if not retry:
+            if not self.stream_retry(error, attempt, started):
                 self._reset_stream()
                 raise error
             # Transient: reopen the stream and send every unanswered op again. Ops

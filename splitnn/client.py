@@ -90,20 +90,19 @@ class ReplyAssembler:
         return None if tensor is None else Reply(self._head, tensor)
 
 
-class WorkerClient:
-    """Talks to one worker; counts the bytes it sends and receives."""
+class PeerSettings:
+    """What both clients of a worker (blocking and event-loop) keep: who the worker
+    is, and how long calls to it wait and how they are retried."""
 
     def __init__(
         self,
         name: str,
         address: str,
-        credentials=None,
         timeout: float = DEFAULT_TIMEOUT,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         retries: int = 5,
         retry_seconds: float = 20.0,
         backoff: float = 0.1,
-        channel_options=(),
         metadata=(),
         server_name: str | None = None,
     ):
@@ -113,18 +112,39 @@ class WorkerClient:
         # worker is told it, to check the same name).
         self.server_name = server_name
         self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
         self.retries = retries
         self.retry_seconds = retry_seconds
         self.backoff = backoff
-        self._watchdog = Watchdog()
-        self.chunk_bytes = chunk_bytes
         self.metadata = tuple(metadata)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based): doubling, capped."""
+        return min(self.backoff * 2**attempt, 2.0)
+
+    def stream_retry(self, error: WorkerError, attempt: int, started: float) -> bool:
+        """Whether a failed stream read is retried: UNAVAILABLE, within the count and
+        the time allowed since the first attempt (`started`, time.monotonic())."""
+        return (
+            error.code == grpc.StatusCode.UNAVAILABLE
+            and attempt < self.retries
+            and time.monotonic() - started < self.retry_seconds
+        )
+
+
+class WorkerClient(PeerSettings):
+    """Talks to one worker; counts the bytes it sends and receives. `settings` are
+    PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
+
+    def __init__(self, name: str, address: str, credentials=None, channel_options=(), **settings):
+        super().__init__(name, address, **settings)
+        self._watchdog = Watchdog()
         self.channel = create_channel(
             address, credentials, list(_KEEPALIVE) + list(channel_options)
         )
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self._requests: queue.SimpleQueue | None = None
         self._responses = None
         self._pending: deque = deque()
@@ -148,10 +168,6 @@ class WorkerClient:
                     raise WorkerError(self.name, what, err.code(), err.details()) from None
             time.sleep(self.backoff_delay(attempt))
         raise AssertionError("unreachable")
-
-    def backoff_delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number `attempt` (0-based): doubling, capped."""
-        return min(self.backoff * 2**attempt, 2.0)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the worker's channel is up, or raise naming the worker."""
@@ -294,12 +310,7 @@ class WorkerClient:
                 error = WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
             finally:
                 self._watchdog.disarm()
-            retry = (
-                error.code == grpc.StatusCode.UNAVAILABLE
-                and attempt < self.retries
-                and time.monotonic() - started < self.retry_seconds
-            )
-            if not retry:
+            if not self.stream_retry(error, attempt, started):
                 self._reset_stream()
                 raise error
             # Transient: reopen the stream and send every unanswered op again. Ops

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from splitnn.client import WorkerClient
 from splitnn.losses import loss_kind
 from splitnn.v1 import worker_pb2
 
@@ -49,11 +48,11 @@ class StepResult:
 
 
 class Pipeline:
-    """Drives batches through the stages of one owner's placement."""
+    """Drives batches through the stages of one owner's placement. `clients` maps each
+    host to a client with submit/call/drain: WorkerClient, or on an event loop
+    AsyncExchangeClient and the driving worker's LocalClient."""
 
-    def __init__(
-        self, clients: dict[str, WorkerClient], run_id: str, stages: list[Stage], loss: str
-    ):
+    def __init__(self, clients: dict, run_id: str, stages: list[Stage], loss: str):
         self.clients = clients
         self.run_id = run_id
         self.stages = stages

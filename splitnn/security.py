@@ -188,37 +188,20 @@ class Security:
             return []
         return [("grpc.ssl_target_name_override", expected_name)]
 
-    def client_factory(self, **client_kwargs):
-        """A `(name, address) -> WorkerClient` whose channel uses these credentials and
-        expects the worker called NAME to present a certificate for NAME."""
-        from splitnn.client import WorkerClient
+    def client_factory(self, client_class=None, **client_kwargs):
+        """A `(name, address, server_name=None) -> client` whose channel uses these
+        credentials and token and expects the worker called NAME to present a
+        certificate for NAME (or `server_name`). `client_class` takes PeerSettings
+        arguments: WorkerClient (the default) or, for a worker driving the chain from
+        its event loop, splitnn.aio_client.AsyncExchangeClient."""
+        if client_class is None:
+            from splitnn.client import WorkerClient as client_class
 
         credentials = self.channel_credentials()
         metadata = self.metadata()
 
         def factory(name: str, address: str, server_name: str | None = None):
-            return WorkerClient(
-                name,
-                address,
-                credentials=credentials,
-                channel_options=self.channel_options(server_name or name),
-                metadata=metadata,
-                server_name=server_name,
-                **client_kwargs,
-            )
-
-        return factory
-
-    def async_client_factory(self, **client_kwargs):
-        """Like client_factory, for the Exchange stream on an event loop (a data owner's
-        worker driving the chain): the same credentials, token and name check."""
-        from splitnn.aio_client import AsyncExchangeClient
-
-        credentials = self.channel_credentials()
-        metadata = self.metadata()
-
-        def factory(name: str, address: str, server_name: str | None = None):
-            return AsyncExchangeClient(
+            return client_class(
                 name,
                 address,
                 credentials=credentials,

@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
+
+from splitnn import optim as optim_specs
+from splitnn.datasets import toy_arrays
+from splitnn.losses import compute_loss
 
 
 def write_owner_data(directory: Path, owners: list[str], rows: int, shape: list[int], classes: int):
@@ -204,3 +210,15 @@ def pinned_job(directory: Path) -> Path:
             ("owner", [{"type": "Linear", "in_features": 16, "out_features": 1}]),
         ],
     )
+
+
+def toy_reference_state(model: nn.Module, optimizer: dict, steps: int) -> dict[str, torch.Tensor]:
+    """`model` trained in one process, full batch on the toy set with summed squared
+    error, as the split runs of the seed-shaped tests train it."""
+    opt = optim_specs.build_optimizer(model.parameters(), optimizer)
+    x, y = (torch.from_numpy(a) for a in toy_arrays())
+    for _ in range(steps):
+        opt.zero_grad()
+        compute_loss("sum_squared_error", model(x), y).backward()
+        opt.step()
+    return model.state_dict()

@@ -14,9 +14,10 @@ from torch import nn
 
 from splitnn import optim as optim_specs
 from splitnn.client import WorkerClient
-from splitnn.datasets import TOY_NAME, toy_arrays
-from splitnn.losses import compute_loss, loss_kind
+from splitnn.datasets import TOY_NAME
+from splitnn.losses import loss_kind
 from splitnn.v1 import worker_pb2
+from tests import jobs
 from tests.conftest import start_worker
 
 RUN = "drive-run"
@@ -39,14 +40,7 @@ def build_modules():
 
 
 def reference_state(steps: int) -> dict[str, torch.Tensor]:
-    model = nn.Sequential(*build_modules())
-    optimizer = optim_specs.build_optimizer(model.parameters(), OPTIMIZER)
-    x, y = (torch.from_numpy(a) for a in toy_arrays())
-    for _ in range(steps):
-        optimizer.zero_grad()
-        compute_loss("sum_squared_error", model(x), y).backward()
-        optimizer.step()
-    return model.state_dict()
+    return jobs.toy_reference_state(nn.Sequential(*build_modules()), OPTIMIZER, steps)
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from torch import nn
 from splitnn import optim as optim_specs
 from splitnn.aio_client import AsyncExchangeClient
 from splitnn.client import WorkerClient
-from splitnn.datasets import TOY_NAME, toy_arrays
-from splitnn.losses import compute_loss
+from splitnn.datasets import TOY_NAME
 from splitnn.pipeline import Pipeline, Stage
+from tests import jobs
 
 RUN = "retry-run"
 LAYERS = [
@@ -91,26 +91,20 @@ def reference_weights(initial, steps):
         *[nn.Sequential(nn.Linear(4, 3), nn.Tanh()), nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())]
     )
     model.load_state_dict(initial)
-    optimizer = optim_specs.build_optimizer(model.parameters(), OPTIMIZER)
-    x, y = (torch.from_numpy(a) for a in toy_arrays())
-    for _ in range(steps):
-        optimizer.zero_grad()
-        compute_loss("sum_squared_error", model(x), y).backward()
-        optimizer.step()
-    return model.state_dict()
+    return jobs.toy_reference_state(model, OPTIMIZER, steps)
+
+
+def _two_stages(client) -> Pipeline:
+    # Two stages on one worker, so each step is a Forward, then a Forward with the
+    # loss, then a Backward: three chances per step for a cut to lose an answer.
+    clients = {"a": client, "b": client}
+    return Pipeline(clients, RUN, [Stage("a", (0,)), Stage("b", (1,))], "sum_squared_error")
 
 
 def _run_sync(address, steps, cut):
     client = WorkerClient("alice", address, backoff=0.02, retries=8)
     try:
-        # Two stages on one worker, so each step is a Forward, then a Forward with the
-        # loss, then a Backward: three chances per step for a cut to lose an answer.
-        pipeline = Pipeline(
-            {"a": client, "b": client},
-            RUN,
-            [Stage("a", (0,)), Stage("b", (1,))],
-            "sum_squared_error",
-        )
+        pipeline = _two_stages(client)
         for step in range(1, steps + 1):
             cut()
             pipeline.train_step(step, TOY_NAME, list(range(16)))
@@ -125,12 +119,7 @@ def _run_async(address, steps, cut):
     async def run():
         client = AsyncExchangeClient("alice", address, backoff=0.02, retries=8)
         try:
-            pipeline = Pipeline(
-                {"a": client, "b": client},
-                RUN,
-                [Stage("a", (0,)), Stage("b", (1,))],
-                "sum_squared_error",
-            )
+            pipeline = _two_stages(client)
             for step in range(1, steps + 1):
                 cut()
                 await pipeline.train_step_async(step, TOY_NAME, list(range(16)))

@@ -202,7 +202,9 @@ def test_client_without_a_certificate_is_refused_and_changes_nothing(pki, serve,
     options = [("grpc.ssl_target_name_override", "alice")]
     for credentials in (ca_only, None):  # TLS without a client cert; plaintext
         client = clients(
-            WorkerClient("alice", address, credentials, TIMEOUT, retries=0, channel_options=options)
+            WorkerClient(
+                "alice", address, credentials, timeout=TIMEOUT, retries=0, channel_options=options
+            )
         )
         with pytest.raises(WorkerError) as err:
             load_first_segment(client)
