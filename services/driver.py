@@ -24,6 +24,7 @@ from splitnn.aio_client import AsyncExchangeClient
 from splitnn.errors import InvalidArgument
 from splitnn.losses import LOSS_NAMES
 from splitnn.pipeline import Pipeline, Stage
+from splitnn.torch_threads import adopt_torch_threads
 from splitnn.v1 import worker_pb2
 
 FLUSH_SECONDS = 0.25
@@ -62,9 +63,13 @@ class Driver:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 threading.Thread(
-                    target=self._loop.run_forever, name=f"driver-{self.host.name}", daemon=True
+                    target=self._serve_loop, name=f"driver-{self.host.name}", daemon=True
                 ).start()
             return self._loop
+
+    def _serve_loop(self) -> None:
+        adopt_torch_threads()  # the owner's own stages run on this thread
+        self._loop.run_forever()
 
     def _checkout(self, stage: worker_pb2.Stage):
         if not stage.address:

@@ -6,6 +6,8 @@ from concurrent import futures
 
 import grpc
 
+from splitnn.torch_threads import adopt_torch_threads
+
 # Tensors are chunked at 1 MiB; a message is a chunk plus a small header.
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -26,9 +28,10 @@ _SERVER_OPTIONS = [
 
 
 def create_server(address: str, max_workers: int = 16, interceptors=(), credentials=None):
-    """A server bound to `address` (port 0 picks a free one); returns (server, port)."""
+    """A server bound to `address` (port 0 picks a free one); returns (server, port).
+    Its handler threads use the process's torch thread count (see torch_threads)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        futures.ThreadPoolExecutor(max_workers=max_workers, initializer=adopt_torch_threads),
         options=_OPTIONS + _SERVER_OPTIONS,
         interceptors=list(interceptors),
     )
