@@ -17,6 +17,7 @@ import torch
 
 from services.driver import Driver
 from services.health import add_health_and_reflection
+from services.registration import add_worker_service
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
 from splitnn import codec
@@ -25,7 +26,6 @@ from splitnn.channels import create_server
 from splitnn.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
 from splitnn.security import Security, is_loopback
-from splitnn.v1 import worker_pb2_grpc
 
 log = logging.getLogger("splitnn.worker")
 SWITCH_INTERVAL_S = 0.0002
@@ -162,9 +162,7 @@ def build(args: argparse.Namespace):
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
         driver = Driver(host, client_factory=security.client_factory(AsyncExchangeClient))
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server
-    )
+    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port
 

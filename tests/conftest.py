@@ -35,15 +35,14 @@ class RunningWorker(NamedTuple):
 def start_worker(name: str = "alice", limits: Limits | None = None):
     """Start a worker on 127.0.0.1:0; returns (RunningWorker, stop function)."""
     # Imported here so that tests without a network do not depend on the gRPC side.
+    from services.registration import add_worker_service
     from services.servicer import WorkerServicer
     from splitnn import codec
     from splitnn.channels import create_channel, create_server
 
     host = SegmentHost(name, {TOY_NAME: builtin(TOY_NAME)}, limits or Limits())
     server, port = create_server("127.0.0.1:0")
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES), server
-    )
+    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES), server)
     server.start()
     address = f"127.0.0.1:{port}"
     # No channel_ready_future: the server already listens, and watching connectivity

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from services.driver import Driver
+from services.registration import add_worker_service
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
 from splitnn import codec
@@ -189,9 +190,7 @@ def start_fuzz_worker():
         ),
     )
     server, port = create_server("127.0.0.1:0")
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server
-    )
+    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
     server.start()
     address = f"127.0.0.1:{port}"
     channel = create_channel(address)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from services.registration import SERVICE
 from splitnn import codec
 from splitnn import layers as layer_specs
 from splitnn import optim as optim_specs
@@ -613,3 +614,33 @@ def test_big_tensor_through_exchange_with_worker_client_comes_back_equal(identit
     assert torch.equal(back.tensor, grad)
     assert client.bytes_sent > 2 * big.numel() * 4
     assert pending(identity_worker.stub) == {(RUN, 0): 0}
+
+
+# ---- bytes that are not a message ------------------------------------------------------
+
+# Field 1, length-delimited, claims 5 bytes and carries 2: no protobuf parser accepts it.
+_NOT_A_MESSAGE = b"\x0a\x05ab"
+
+
+@pytest.mark.parametrize("method", [m.name for m in SERVICE.methods])
+def test_bytes_that_are_not_a_message_are_invalid_argument(loaded, method):
+    """Every method answers unparseable bytes with INVALID_ARGUMENT (gRPC's own
+    registration says INTERNAL), changes nothing, and the worker keeps serving."""
+    before = snapshot(loaded.stub)
+    descriptor = SERVICE.methods_by_name[method]
+    kind = (
+        ("stream" if descriptor.client_streaming else "unary")
+        + "_"
+        + ("stream" if descriptor.server_streaming else "unary")
+    )
+    with grpc.insecure_channel(loaded.address) as channel:
+        call = getattr(channel, kind)(f"/{SERVICE.full_name}/{method}")
+        request = iter([_NOT_A_MESSAGE]) if descriptor.client_streaming else _NOT_A_MESSAGE
+        with pytest.raises(grpc.RpcError) as info:
+            answer = call(request, timeout=10)
+            if descriptor.server_streaming:
+                list(answer)
+    assert info.value.code() == Code.INVALID_ARGUMENT, info.value.details()
+    assert "not a valid splitnn.v1." in info.value.details()
+    assert_unchanged(loaded.stub, before)
+    assert_serving(loaded.stub)
