@@ -21,7 +21,13 @@ from splitnn.channels import create_server
 
 
 def _openmp():
-    paths = [line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line]
+    # torch's own OpenMP runtime: other packages loaded by earlier tests may bring theirs.
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    paths = [
+        line.split()[-1]
+        for line in open("/proc/self/maps")
+        if "libgomp" in line and line.split()[-1].startswith(torch_lib)
+    ]
     if not paths or (os.cpu_count() or 1) < 2:
         pytest.skip("needs torch's libgomp and more than one core")
     return ctypes.CDLL(paths[0])
