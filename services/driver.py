@@ -46,7 +46,9 @@ class Driver:
     def __init__(self, host: SegmentHost, client_factory=None):
         self.host = host
         self.client_factory = client_factory or (
-            lambda name, address, server_name=None: AsyncExchangeClient(name, address)
+            lambda name, address, server_name=None: AsyncExchangeClient(
+                name, address, server_name=server_name
+            )
         )
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
@@ -74,7 +76,7 @@ class Driver:
     def _checkout(self, stage: worker_pb2.Stage):
         if not stage.address:
             raise InvalidArgument(f"stage on host {stage.host!r} has no address")
-        key = (stage.host, stage.address, stage.server_name)
+        key = _peer_key(stage.host, stage.address, stage.server_name)
         with self._lock:
             idle = self._idle.get(key)
             if idle:
@@ -91,7 +93,7 @@ class Driver:
                 await client.close()
                 continue
             with self._lock:
-                key = (client.name, client.address, client.server_name or "")
+                key = _peer_key(client.name, client.address, client.server_name)
                 self._idle.setdefault(key, []).append(client)
 
     def drive(self, request: worker_pb2.DriveRequest, context=None):
@@ -209,6 +211,11 @@ class Driver:
             await asyncio.sleep(0)
         if len(pending.results):
             results.put(pending)
+
+
+def _peer_key(host: str, address: str, server_name: str | None) -> tuple[str, str, str]:
+    """Which idle connections may serve a stage: same host, address and TLS name."""
+    return host, address, server_name or ""
 
 
 class _Stopped(Exception):

@@ -4,6 +4,7 @@ a lost connection) waits for it, then trains each batch exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from services.driver import Driver
+from services.segment_host import SegmentHost
 from splitnn import optim as optim_specs
 from splitnn.client import WorkerClient
 from splitnn.datasets import TOY_NAME
@@ -140,3 +143,20 @@ def test_an_all_local_drive_leaves_room_for_another_runs_drive(owner_and_bob):
     assert len(first.results) + len(rest) == 4000
     # Ordering, not duration: the short Drive ended while the long one still ran.
     assert short_done < arrivals[-1], "the short Drive waited for the long one to end"
+
+
+def test_a_peer_connection_with_a_server_name_is_used_again():
+    # A stage may name the certificate name of its host (server_name); the connection
+    # checked in after a Drive must be the one the next Drive checks out, or every
+    # Drive would leave one more idle connection behind.
+    driver = Driver(SegmentHost("owner", {}))
+    stage = worker_pb2.Stage(host="bob", segments=[1], address="127.0.0.1:1", server_name="b")
+
+    async def check_out_twice():
+        first = driver._checkout(stage)
+        await driver._checkin({"bob": first}, healthy=True)
+        second = driver._checkout(stage)
+        await second.close()
+        return first is second
+
+    assert asyncio.run(check_out_twice())

@@ -186,7 +186,7 @@ def start_fuzz_worker():
     driver = Driver(
         host,
         lambda name, address, server_name=None: AsyncExchangeClient(
-            name, address, retries=1, backoff=0.01
+            name, address, server_name=server_name, retries=1, backoff=0.01
         ),
     )
     server, port = create_server("127.0.0.1:0")
