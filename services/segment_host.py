@@ -50,9 +50,16 @@ class Segment:
     module: nn.Sequential
     optimizer: torch.optim.Optimizer
 
+    def __post_init__(self):
+        # Fixed once built (loading state copies into these tensors), and walked on
+        # every op: listed once rather than by module recursion per batch.
+        self.parameters = list(self.module.parameters())
+        self.buffers = list(self.module.buffers())
+        self.dtype = self.parameters[0].dtype if self.parameters else torch.float32
+
     @property
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+        return sum(p.numel() for p in self.parameters)
 
 
 @dataclass
@@ -363,9 +370,8 @@ class SegmentHost:
             raise InvalidArgument("Forward needs exactly one of an input tensor or a data source")
         if data is not None:
             dataset_name, rows = data
-            x, _ = self.dataset(dataset_name).take(rows)
-            return x
-        expected = _param_dtype(chain[0])
+            return self.dataset(dataset_name).features(rows)
+        expected = chain[0].dtype
         if input.dtype != expected:
             raise InvalidArgument(
                 f"input dtype {input.dtype} does not match segment dtype {expected}"
@@ -376,7 +382,7 @@ class SegmentHost:
 
     def _labels(self, loss, batch_rows: int) -> torch.Tensor:
         _, dataset_name, rows = loss
-        _, y = self.dataset(dataset_name).take(rows)
+        y = self.dataset(dataset_name).labels(rows)
         if y.shape[0] != batch_rows:
             raise InvalidArgument(f"loss names {y.shape[0]} label rows for a batch of {batch_rows}")
         return y
@@ -406,12 +412,6 @@ def _check_run_id(run_id: str) -> None:
         raise InvalidArgument("run_id must be 1 to 128 characters")
 
 
-def _param_dtype(segment: Segment) -> torch.dtype:
-    for p in segment.module.parameters():
-        return p.dtype
-    return torch.float32
-
-
 def _apply(chain: list[Segment], x: torch.Tensor) -> torch.Tensor:
     try:
         for segment in chain:
@@ -430,31 +430,33 @@ def _loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 def _step(chain: list[Segment]) -> None:
     for segment in chain:
+        if not segment.parameters:  # nothing to update; skip the optimizer's overhead
+            continue
         segment.optimizer.step()
-        segment.optimizer.zero_grad(set_to_none=True)
+        for param in segment.parameters:  # zero_grad(set_to_none=True), minus its hooks
+            param.grad = None
 
 
 def _snapshot_buffers(chain: list[Segment]):
-    return [[b.detach().clone() for b in s.module.buffers()] for s in chain]
+    return [[b.detach().clone() for b in s.buffers] for s in chain]
 
 
 def _snapshot_grads(chain: list[Segment]):
     return [
-        [None if p.grad is None else p.grad.detach().clone() for p in s.module.parameters()]
-        for s in chain
+        [None if p.grad is None else p.grad.detach().clone() for p in s.parameters] for s in chain
     ]
 
 
 def _restore_grads(chain: list[Segment], saved) -> None:
     for segment, grads in zip(chain, saved, strict=True):
-        for param, grad in zip(segment.module.parameters(), grads, strict=True):
+        for param, grad in zip(segment.parameters, grads, strict=True):
             param.grad = grad
 
 
 def _restore_buffers(chain: list[Segment], saved) -> None:
     with torch.no_grad():
         for segment, buffers in zip(chain, saved, strict=True):
-            for buffer, value in zip(segment.module.buffers(), buffers, strict=True):
+            for buffer, value in zip(segment.buffers, buffers, strict=True):
                 buffer.copy_(value)
 
 

@@ -35,12 +35,26 @@ class Dataset:
 
     def take(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows by index, checked against the dataset size."""
-        index = torch.as_tensor(list(indices), dtype=torch.int64)
-        if index.numel() == 0:
-            raise InvalidArgument(f"dataset {self.name!r}: no rows requested")
-        if int(index.min()) < 0 or int(index.max()) >= self.rows:
-            raise InvalidArgument(f"dataset {self.name!r}: row index outside 0..{self.rows - 1}")
+        index = self._index(indices)
         return self.x.index_select(0, index), self.y.index_select(0, index)
+
+    def features(self, indices) -> torch.Tensor:
+        """The x of rows by index (take without the labels)."""
+        return self.x.index_select(0, self._index(indices))
+
+    def labels(self, indices) -> torch.Tensor:
+        """The y of rows by index (take without the features)."""
+        return self.y.index_select(0, self._index(indices))
+
+    def _index(self, indices) -> torch.Tensor:
+        # Checked as Python ints: a batch's few hundred indices cost less that way
+        # than two tensor reductions.
+        indices = list(indices)
+        if not indices:
+            raise InvalidArgument(f"dataset {self.name!r}: no rows requested")
+        if min(indices) < 0 or max(indices) >= self.rows:
+            raise InvalidArgument(f"dataset {self.name!r}: row index outside 0..{self.rows - 1}")
+        return torch.tensor(indices, dtype=torch.int64)
 
 
 def load_npz(name: str, path: str | Path) -> Dataset:

@@ -35,7 +35,8 @@ def compute_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch
             )
         if target.shape[0] != output.shape[0]:
             raise InvalidArgument("cross_entropy: outputs and labels disagree on batch size")
-        if target.numel() and (target.min() < 0 or target.max() >= output.shape[1]):
+        # One reduction for both bounds (-100, cross_entropy's ignore_index, is refused).
+        if target.numel() and not _within(target, output.shape[1]):
             raise InvalidArgument(f"cross_entropy: labels outside 0..{output.shape[1] - 1}")
         return F.cross_entropy(output, target)
     target = target.to(output.dtype)
@@ -56,6 +57,11 @@ def compute_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch
     if name == "bce_with_logits":
         return F.binary_cross_entropy_with_logits(output, target)
     raise InvalidArgument(f"unknown loss {name!r}")
+
+
+def _within(labels: torch.Tensor, classes: int) -> bool:
+    low, high = torch.aminmax(labels)
+    return int(low) >= 0 and int(high) < classes
 
 
 def count_correct(name: str, output: torch.Tensor, target: torch.Tensor) -> int:

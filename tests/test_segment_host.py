@@ -10,7 +10,7 @@ from torch import nn
 
 from services.segment_host import Limits, SegmentHost
 from splitnn import layers as layer_specs
-from splitnn.datasets import TOY_NAME, builtin
+from splitnn.datasets import TOY_NAME, Dataset, builtin
 from splitnn.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -331,6 +331,34 @@ def test_label_rows_not_matching_batch_are_invalid(host):
         host.forward(
             RUN, [0, 1], 1, data=(TOY_NAME, ROWS), loss=("sum_squared_error", TOY_NAME, [0, 1])
         )
+
+
+@pytest.mark.parametrize("label", [-100, -1, 3], ids=str)
+def test_cross_entropy_label_outside_the_classes_is_invalid_and_changes_nothing(label):
+    # -100 is cross_entropy's ignore_index: torch would silently skip that row.
+    host = SegmentHost(
+        "alice", {"d": Dataset("d", torch.randn(4, 4), torch.tensor([0, 1, label, 2]))}
+    )
+    host.load_segment(RUN, 0, [{"type": "Linear", "in_features": 4, "out_features": 3}], SGD, None)
+    before = host.export_segment(RUN, 0)
+    with pytest.raises(InvalidArgument, match="labels outside 0..2"):
+        host.forward(
+            RUN,
+            [0],
+            1,
+            data=("d", [0, 1, 2, 3]),
+            loss=("cross_entropy", "d", [0, 1, 2, 3]),
+            step=True,
+        )
+
+    assert_same_state(host.export_segment(RUN, 0), before)
+    assert all(p.grad is None for p in host_params(host))
+    assert (
+        host.forward(
+            RUN, [0], 2, data=("d", [0, 1, 3]), loss=("cross_entropy", "d", [0, 1, 3])
+        ).loss
+        > 0
+    )
 
 
 def test_same_batch_twice_in_flight_is_failed_precondition(host):
