@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 from services.local_client import LocalClient
 from services.segment_host import SegmentHost
+from splitnn import busy_poll
 from splitnn.aio_client import AsyncExchangeClient
 from splitnn.errors import InvalidArgument
 from splitnn.losses import LOSS_NAMES
@@ -40,11 +41,18 @@ class Driver:
     A peer connection (one Exchange stream) serves one Drive call at a time:
     concurrent runs each check out their own, so their ops never interleave.
     `client_factory(name, address, server_name)` makes an AsyncExchangeClient-like
-    client; it is called on the driver's event loop.
+    client; it is called on the driver's event loop. The loop polls for up to
+    `spin_seconds` before it sleeps (splitnn.busy_poll); 0 turns that off.
     """
 
-    def __init__(self, host: SegmentHost, client_factory=None):
+    def __init__(
+        self,
+        host: SegmentHost,
+        client_factory=None,
+        spin_seconds: float = busy_poll.DEFAULT_SPIN_SECONDS,
+    ):
         self.host = host
+        self.spin_seconds = spin_seconds
         self.client_factory = client_factory or (
             lambda name, address, server_name=None: AsyncExchangeClient(
                 name, address, server_name=server_name
@@ -63,7 +71,7 @@ class Driver:
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                self._loop = asyncio.new_event_loop()
+                self._loop = busy_poll.new_event_loop(self.spin_seconds)
                 threading.Thread(
                     target=self._serve_loop, name=f"driver-{self.host.name}", daemon=True
                 ).start()

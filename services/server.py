@@ -20,7 +20,7 @@ from services.health import add_health_and_reflection
 from services.registration import add_worker_service
 from services.segment_host import Limits, SegmentHost
 from services.servicer import WorkerServicer
-from splitnn import codec
+from splitnn import busy_poll, codec
 from splitnn.aio_client import AsyncExchangeClient
 from splitnn.channels import create_server
 from splitnn.datasets import TOY_NAME, builtin, load_npz
@@ -51,6 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=1,
         help="torch threads (default 1: several workers sharing a machine collapse otherwise)",
+    )
+    p.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=int(busy_poll.DEFAULT_SPIN_SECONDS * 1e6),
+        metavar="US",
+        help="driving a chain, poll this long for a peer's answer before sleeping "
+        "(default %(default)s; 0: never poll busily)",
     )
     p.add_argument("--max-segments", type=int, default=64)
     p.add_argument("--max-parameters", type=int, default=Limits.max_parameters)
@@ -85,7 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="allow plaintext without a token (anyone who reaches the port may use the worker)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.busy_poll_us < 0:
+        p.error(f"--busy-poll-us must be at least 0, not {args.busy_poll_us}")
+    return args
 
 
 def load_datasets(specs: list[str]) -> dict:
@@ -152,7 +163,7 @@ def build(args: argparse.Namespace):
     host = SegmentHost(args.name, load_datasets(args.data), limits)
     if security is None:
         server, port = create_server(args.listen)
-        driver = Driver(host)
+        driver = Driver(host, spin_seconds=args.busy_poll_us / 1e6)
     else:
         server, port = create_server(
             args.listen,
@@ -161,7 +172,11 @@ def build(args: argparse.Namespace):
         )
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
-        driver = Driver(host, client_factory=security.client_factory(AsyncExchangeClient))
+        driver = Driver(
+            host,
+            client_factory=security.client_factory(AsyncExchangeClient),
+            spin_seconds=args.busy_poll_us / 1e6,
+        )
     add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port
