@@ -20,6 +20,10 @@ _OPTIONS = [
 
 # Clients ping every 10 s to notice a dead link; the server must accept that.
 _SERVER_OPTIONS = [
+    # Ping clients too: a client behind a link that died without a reset would
+    # otherwise hold a handler thread (waiting for its next request) for hours.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
