@@ -163,7 +163,7 @@ def build(args: argparse.Namespace):
     host = SegmentHost(args.name, load_datasets(args.data), limits)
     if security is None:
         server, port = create_server(args.listen)
-        driver = Driver(host, spin_seconds=args.busy_poll_us / 1e6)
+        peer_factory = None  # the Driver's plain AsyncExchangeClient
     else:
         server, port = create_server(
             args.listen,
@@ -172,11 +172,8 @@ def build(args: argparse.Namespace):
         )
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
-        driver = Driver(
-            host,
-            client_factory=security.client_factory(AsyncExchangeClient),
-            spin_seconds=args.busy_poll_us / 1e6,
-        )
+        peer_factory = security.client_factory(AsyncExchangeClient)
+    driver = Driver(host, client_factory=peer_factory, spin_seconds=args.busy_poll_us / 1e6)
     add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port

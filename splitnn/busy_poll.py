@@ -26,16 +26,14 @@ class SpinningSelector(selectors.DefaultSelector):
         self.spin_seconds = spin_seconds
 
     def select(self, timeout: float | None = None):
-        ready = super().select(0)
-        if ready or (timeout is not None and timeout <= 0):
-            return ready
+        if timeout is not None and timeout <= 0:
+            return super().select(0)
         spin = self.spin_seconds if timeout is None else min(self.spin_seconds, timeout)
         start = time.perf_counter()
-        deadline = start + spin
-        while time.perf_counter() < deadline:
-            ready = super().select(0)
-            if ready:
-                return ready
+        while not (ready := super().select(0)) and time.perf_counter() - start < spin:
+            pass
+        if ready:
+            return ready
         if timeout is not None:
             timeout = max(0.0, timeout - (time.perf_counter() - start))
         return super().select(timeout)
