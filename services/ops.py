@@ -75,17 +75,11 @@ def _replayable(kind: str, op) -> bool:
 def apply(kind: str, host: SegmentHost, op, tensor=None):
     """Apply an op once: a repeat of the latest op with the same ids (a retry after a
     lost answer) gets the stored answer instead of running again."""
-    return apply_once(kind, host, op, tensor)[0]
-
-
-def apply_once(kind: str, host: SegmentHost, op, tensor=None):
-    """(answer, applied now): False when the answer is a replay of an earlier apply."""
     if not _replayable(kind, op):
-        return _APPLY[kind](host, op, tensor), True
+        return _APPLY[kind](host, op, tensor)
     key = (op.run_id, kind, tuple(op.segments))
     answer = host.replay.get(key, op.batch_id)
-    if answer is not None:
-        return answer, False
-    answer = _APPLY[kind](host, op, tensor)
-    host.replay.put(key, op.batch_id, answer)
-    return answer, True
+    if answer is None:
+        answer = _APPLY[kind](host, op, tensor)
+        host.replay.put(key, op.batch_id, answer)
+    return answer

@@ -73,6 +73,23 @@ class PendingBatch:
 
 
 @dataclass
+class OwedWork:
+    """Work a backward pass put off until its answer was out: the parameter gradients
+    (backpropagating `output` once more, from `grad`), then the optimizers' step."""
+
+    chain: list
+    params: list
+    output: torch.Tensor
+    grad: torch.Tensor | None
+    step: bool = False
+
+    def pay(self) -> None:
+        torch.autograd.backward(self.output, self.grad, inputs=self.params)
+        if self.step:
+            _step(self.chain)
+
+
+@dataclass
 class ForwardResult:
     """What a forward call gives back: output, or input gradient and loss."""
 
@@ -95,9 +112,10 @@ class SegmentHost:
         self._segments: dict[tuple[str, int], Segment] = {}
         self._pending: dict[tuple, PendingBatch] = {}
         self._lock = threading.RLock()
-        # Steps promised to run right after a Backward's answer has gone out. Any
-        # other use of those segments runs them first (see owe_step / settle_step).
-        self._owed: set[tuple[str, int]] = set()
+        # Parameter gradients and steps that backward passes put off until their input
+        # gradient was out, by (run, segments). Any other use of those segments pays
+        # them first; the handler that answered pays them otherwise (see settle).
+        self._owed: dict[tuple[str, tuple[int, ...]], OwedWork] = {}
         self.replay = ReplayCache()
 
     # ---- loading, export, drop -------------------------------------------------
@@ -130,7 +148,7 @@ class SegmentHost:
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
             self._check_slot(key, replace)  # again: another load may have won meanwhile
-            self._owed.discard(key)  # a step the replaced segment owed is void
+            self._forget_owed(run_id, index)  # what the replaced segment owed is void
             self._drop_pending(run_id, index)
             self.replay.forget_segment(run_id, index)
             self._segments[key] = segment
@@ -166,8 +184,11 @@ class SegmentHost:
             self.replay.forget_segment(run_id, index)
 
     def segments(self) -> list[Segment]:
-        """Hosted segments, ordered by run and index."""
+        """Hosted segments, ordered by run and index, with their owed work paid so that
+        their weights are current."""
         with self._lock:
+            for key in list(self._owed):
+                self._owed.pop(key).pay()
             return [self._segments[k] for k in sorted(self._segments)]
 
     def pending_count(self, run_id: str, index: int) -> int:
@@ -267,10 +288,13 @@ class SegmentHost:
         loss_value = value.item()
         if not math.isfinite(loss_value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
-        value.backward()
-        grad = leaf.grad if needs_input_grad else None
+        # The input gradient first; the parameters' wait until it is out (settle).
+        leaf = leaf if needs_input_grad else None
+        grad, owed = _backward(chain, out=value, grad=None, leaf=leaf, defer=not step)
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
+        if owed is not None:
+            self._owed[(key[0], key[1])] = owed
         if step:
             _step(chain)
         return ForwardResult(
@@ -304,34 +328,34 @@ class SegmentHost:
                 )
             if not all_finite(output_grad):
                 raise NumericalError(f"gradient for batch {batch_id} holds NaN or Inf")
+            input_grad, owed = None, None
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
-                pending.output.backward(output_grad)
+                leaf = pending.input if pending.input.requires_grad else None
+                input_grad, owed = _backward(chain, pending.output, output_grad, leaf, True)
             del self._pending[key]
-            if step:
+            if owed is not None:
+                owed.step = step
+                self._owed[(run_id, tuple(indices))] = owed
+            elif step:
                 _step(chain)
-            return pending.input.grad if pending.input.requires_grad else None
+            return input_grad
 
-    def owe_step(self, run_id: str, indices: list[int]) -> None:
-        """Promise a step of these segments (after answering a Backward). Whatever uses
-        them next (export, drop, another forward or backward) pays the step first;
-        nobody waits on the handler that owes it."""
-        with self._lock:
-            self._owed.update((run_id, i) for i in indices)
-
-    def settle_step(self, run_id: str, indices: list[int]) -> None:
-        """Run the promised step of those of these segments that still owe it (as
-        Backward with step=True would have)."""
+    def settle(self, run_id: str, indices: list[int]) -> None:
+        """Pay what a backward pass through these segments put off (parameter gradients,
+        step): called by whoever sent its answer, unless another use paid it first."""
         with self._lock:
             self._pay_owed(run_id, indices)
 
     def _pay_owed(self, run_id: str, indices) -> None:
-        owed = [i for i in indices if (run_id, i) in self._owed]
-        if not owed:
+        if not self._owed:
             return
-        try:
-            _step([self._segment(run_id, i) for i in owed])
-        finally:
-            self._owed.difference_update((run_id, i) for i in owed)
+        wanted = set(indices)
+        for key in [k for k in self._owed if k[0] == run_id and wanted.intersection(k[1])]:
+            self._owed.pop(key).pay()
+
+    def _forget_owed(self, run_id: str, index: int) -> None:
+        for key in [k for k in self._owed if k[0] == run_id and index in k[1]]:
+            del self._owed[key]
 
     def step(self, run_id: str, indices: list[int]) -> None:
         """Apply each segment's optimizer to its accumulated gradients."""
@@ -426,6 +450,23 @@ def _loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         return compute_loss(name, output, target)
     except (RuntimeError, ValueError) as err:  # e.g. bce of an output outside [0, 1] (NaN)
         raise InvalidArgument(f"{name} cannot take this output: {err}") from None
+
+
+def _backward(chain, out, grad, leaf, defer: bool):
+    """Backpropagate `grad` (None for a scalar loss) from `out`. Returns (gradient of
+    `leaf`, work owed). With `defer` and both a leaf and trainable parameters, only the
+    leaf's gradient is computed now: the parameters' gradients are owed (OwedWork), so
+    the next host need not wait for them. Either way each gradient comes from the same
+    kernels on the same values, hence the same floats."""
+    params = [p for segment in chain for p in segment.parameters if p.requires_grad]
+    if leaf is None:
+        out.backward(grad)
+        return None, None
+    if not (defer and params):
+        out.backward(grad)
+        return leaf.grad, None
+    (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
+    return leaf_grad, OwedWork(chain, params, out, grad)
 
 
 def _step(chain: list[Segment]) -> None:

@@ -204,15 +204,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Forward(self, request_iterator, context):
         with _errors_to_status(context):
-            max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_forward, max_bytes):
-                yield from self._answer(ops.apply("forward", self.host, op, tensor))
+            yield from self._serve("forward", request_iterator, _unwrap_forward)
 
     def Backward(self, request_iterator, context):
         with _errors_to_status(context):
-            max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_backward, max_bytes):
-                yield from self._answer(ops.apply("backward", self.host, op, tensor))
+            yield from self._serve("backward", request_iterator, _unwrap_backward)
 
     def Step(self, request, context):
         with _errors_to_status(context):
@@ -221,23 +217,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Exchange(self, request_iterator, context):
         with _errors_to_status(context):
-            max_bytes = self.host.limits.max_tensor_bytes
-            for op, tensor in _ops(self._count_in(request_iterator), _unwrap_exchange, max_bytes):
-                kind = _KIND_OF[type(op)]
-                # Step after answering: the optimizer runs while the gradient travels
-                # on and the next host works. The next op on this stream waits for it.
-                step_after = kind == "backward" and op.step
-                if step_after:
-                    op.step = False
-                answer, fresh = ops.apply_once(kind, self.host, op, tensor)
-                owed = step_after and fresh
-                if owed:
-                    self.host.owe_step(op.run_id, list(op.segments))
-                try:
-                    yield from self._answer(answer, wrap_as=kind)
-                finally:
-                    if owed:
-                        self.host.settle_step(op.run_id, list(op.segments))
+            yield from self._serve(None, request_iterator, _unwrap_exchange)
+
+    def _serve(self, kind: str | None, request_iterator, unwrap):
+        """Apply a stream's ops in order and answer each (inside ExchangeResponses when
+        `kind` is None). A backward pass sends its input gradient first: the work it put
+        off (parameter gradients, step) runs once the answer is out, while the next
+        host works; the stream's next op waits for it."""
+        max_bytes = self.host.limits.max_tensor_bytes
+        for op, tensor in _ops(self._count_in(request_iterator), unwrap, max_bytes):
+            op_kind = kind or _KIND_OF[type(op)]
+            answer = ops.apply(op_kind, self.host, op, tensor)
+            try:
+                yield from self._answer(answer, wrap_as=None if kind else op_kind)
+            finally:
+                if op_kind != "step":
+                    self.host.settle(op.run_id, list(op.segments))
 
     def Drive(self, request, context):
         with _errors_to_status(context):

@@ -89,6 +89,7 @@ def test_two_segments_in_one_call_match_autograd(host):
     out_leaf = out.clone().requires_grad_(True)
     sse(out_leaf, y).backward()
     input_grad = host.backward(RUN, [0, 1], 7, out_leaf.grad, step=False)
+    host.settle(RUN, [0, 1])  # the parameter gradients, put off until the answer is out
 
     ref_x = x.clone().requires_grad_(True)
     sse(reference_pair()(ref_x), y).backward()
@@ -117,22 +118,31 @@ def test_segment_by_segment_matches_autograd_after_step(host):
         assert got.grad is None  # stepping clears the gradients
 
 
-def test_an_owed_step_is_paid_once_by_whoever_uses_the_segment_first(host):
-    # As the Exchange handler does: answer Backward, owe the step, settle it later.
+def test_backward_owes_its_parameter_gradients_and_step_to_whoever_uses_them_first(host):
+    # As a handler does: Backward answers with the input gradient; the parameter
+    # gradients and step are paid by the next use of a segment, or by settle after.
     reference = host_with_pair(reference_pair())
     x, y = toy()
-    for h, owe in ((host, True), (reference, False)):
+    ref_leaf = x.clone().requires_grad_(True)
+    ref_out = reference_pair()(ref_leaf)
+    sse(ref_out, y).backward()
+    live = host_params(host)  # the tensors themselves, read without paying anything
+    initial = [p.detach().clone() for p in live]
+    for h in (host, reference):
         out = h.forward(RUN, [0, 1], 5, input=x).output
-        leaf = out.clone().requires_grad_(True)
-        sse(leaf, y).backward()
-        h.backward(RUN, [0, 1], 5, leaf.grad, step=not owe)
-        if owe:
-            host.owe_step(RUN, [0, 1])
-    exported = host.export_segment(RUN, 1)  # pays segment 1's step, not segment 0's
+        out_leaf = out.clone().requires_grad_(True)
+        sse(out_leaf, y).backward()
+        grad = h.backward(RUN, [0, 1], 5, out_leaf.grad, step=True)
+        assert torch.equal(grad, ref_leaf.grad)  # the input gradient comes at once
+        if h is reference:
+            reference.settle(RUN, [0, 1])
+    # Still owed: no parameter gradient computed, no weight moved.
+    assert all(p.grad is None and torch.equal(p, q) for p, q in zip(live, initial, strict=True))
+    exported = host.export_segment(RUN, 1)  # pays the owed work of the whole chain
     assert_same_state(exported, reference.export_segment(RUN, 1))
-    hidden = host.forward(RUN, [0], 6, input=x).output  # pays segment 0's step first
+    hidden = host.forward(RUN, [0], 6, input=x).output
     assert torch.equal(hidden, reference.forward(RUN, [0], 6, input=x).output)
-    host.settle_step(RUN, [0, 1])  # the handler comes back: nothing left to pay
+    host.settle(RUN, [0, 1])  # the handler comes back: nothing left to pay
     for got, want in zip(host_params(host), host_params(reference), strict=True):
         assert torch.equal(got, want)
 
