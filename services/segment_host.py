@@ -148,7 +148,9 @@ class SegmentHost:
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
             self._check_slot(key, replace)  # again: another load may have won meanwhile
-            self._forget_owed(run_id, index)  # what the replaced segment owed is void
+            # Owed work of a chain with the replaced segment: the other segments' part
+            # still counts (the replaced one's is paid into the discarded object).
+            self._pay_owed(run_id, [index])
             self._drop_pending(run_id, index)
             self.replay.forget_segment(run_id, index)
             self._segments[key] = segment
@@ -352,10 +354,6 @@ class SegmentHost:
         wanted = set(indices)
         for key in [k for k in self._owed if k[0] == run_id and wanted.intersection(k[1])]:
             self._owed.pop(key).pay()
-
-    def _forget_owed(self, run_id: str, index: int) -> None:
-        for key in [k for k in self._owed if k[0] == run_id and index in k[1]]:
-            del self._owed[key]
 
     def step(self, run_id: str, indices: list[int]) -> None:
         """Apply each segment's optimizer to its accumulated gradients."""

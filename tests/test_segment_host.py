@@ -534,6 +534,21 @@ def test_replace_drops_pending_batches(host):
     assert host.pending_count(RUN, 0) == 0
 
 
+def test_replacing_a_segment_keeps_the_work_its_chain_owes_the_others(host):
+    reference = host_with_pair(reference_pair())
+    x, y = toy()
+    for h in (host, reference):
+        out = h.forward(RUN, [0, 1], 1, input=x).output
+        leaf = out.clone().requires_grad_(True)
+        sse(leaf, y).backward()
+        h.backward(RUN, [0, 1], 1, leaf.grad, step=True)  # gradients and step owed
+    reference.settle(RUN, [0, 1])
+
+    host.load_segment(RUN, 1, SEG1, SGD, None, replace=True)
+
+    assert_same_state(host.export_segment(RUN, 0), reference.export_segment(RUN, 0))
+
+
 def test_drop_forgets_segment_and_its_pending_batches(host):
     host.forward(RUN, [0, 1], 1, input=torch.zeros(2, 4))
 
