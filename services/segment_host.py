@@ -333,10 +333,11 @@ class SegmentHost:
             input_grad, owed = None, None
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
                 leaf = pending.input if pending.input.requires_grad else None
-                input_grad, owed = _backward(chain, pending.output, output_grad, leaf, True)
+                input_grad, owed = _backward(
+                    chain, pending.output, output_grad, leaf, defer=True, step=step
+                )
             del self._pending[key]
             if owed is not None:
-                owed.step = step
                 self._owed[(run_id, tuple(indices))] = owed
             elif step:
                 _step(chain)
@@ -450,12 +451,13 @@ def _loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         raise InvalidArgument(f"{name} cannot take this output: {err}") from None
 
 
-def _backward(chain, out, grad, leaf, defer: bool):
+def _backward(chain, out, grad, leaf, defer: bool, step: bool = False):
     """Backpropagate `grad` (None for a scalar loss) from `out`. Returns (gradient of
     `leaf`, work owed). With `defer` and both a leaf and trainable parameters, only the
-    leaf's gradient is computed now: the parameters' gradients are owed (OwedWork), so
-    the next host need not wait for them. Either way each gradient comes from the same
-    kernels on the same values, hence the same floats."""
+    leaf's gradient is computed now: the parameters' gradients (and the `step`) are
+    owed (OwedWork), so the next host need not wait for them; otherwise the caller
+    steps. Either way each gradient comes from the same kernels on the same values,
+    hence the same floats."""
     params = [p for segment in chain for p in segment.parameters if p.requires_grad]
     if leaf is None:
         out.backward(grad)
@@ -464,7 +466,7 @@ def _backward(chain, out, grad, leaf, defer: bool):
         out.backward(grad)
         return leaf.grad, None
     (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
-    return leaf_grad, OwedWork(chain, params, out, grad)
+    return leaf_grad, OwedWork(chain, params, out, grad, step)
 
 
 def _step(chain: list[Segment]) -> None:
