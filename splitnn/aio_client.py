@@ -28,8 +28,8 @@ from splitnn.client import (
 from splitnn.v1 import worker_pb2
 
 _EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
-# Pings every 2 s instead of 10: with grpc.aio, a connection reset by the peer is at
-# times only noticed at the next write, so a read may otherwise wait a whole period.
+# Pings every 2 s instead of 10: a link to a peer that dies without a reset is found
+# by pings alone, and the whole chain waits on it.
 _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
     option for option in _KEEPALIVE if option[0] != "grpc.keepalive_time_ms"
 ]
