@@ -736,3 +736,38 @@ def test_failed_replace_keeps_the_old_segment(host):
         host.load_segment(RUN, 0, SEG0, SGD, {"model.0.weight": torch.zeros(9, 9)}, replace=True)
 
     assert_same_state(host.export_segment(RUN, 0), before)
+
+
+CONV_CHAIN = [
+    {"type": "Conv2d", "in_channels": 3, "out_channels": 8, "kernel_size": 3},
+    {"type": "BatchNorm2d", "num_features": 8},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Flatten"},
+    {"type": "LayerNorm", "normalized_shape": 8 * 6 * 6},
+    {"type": "Linear", "in_features": 8 * 6 * 6, "out_features": 10},
+    {"type": "GELU"},
+]
+
+
+def test_input_gradient_first_gives_the_floats_of_one_backward_pass():
+    # A middle host answers with the input gradient and computes its parameters'
+    # gradients later: every float must be what one backward pass and a step give.
+    optimizer = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True}
+    torch.manual_seed(4)
+    reference = layer_specs.build_segment(CONV_CHAIN)
+    host = SegmentHost("bob")
+    host.load_segment(RUN, 0, CONV_CHAIN, optimizer, model_state(reference))
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x, grad = torch.randn(6, 3, 14, 14), torch.randn(6, 10)
+    for batch in range(1, 4):
+        leaf = x.clone().requires_grad_(True)
+        reference(leaf).backward(grad)
+        ref_optimizer.step()
+        ref_optimizer.zero_grad()
+        host.forward(RUN, [0], batch, input=x)
+        input_grad = host.backward(RUN, [0], batch, grad, step=True)
+        assert torch.equal(input_grad, leaf.grad)
+        host.settle(RUN, [0])
+    for name, value in model_state(reference).items():
+        assert torch.equal(host.export_segment(RUN, 0)[name], value), name
