@@ -21,8 +21,8 @@ from bench.split_grpc import run_split
 MODES = {
     "one process": lambda job, steps: run_local(job, steps=steps, warmup=20),
     "torch rpc": lambda job, steps: run_rpc(job, steps=steps, warmup=20),
-    "splitnn (owner drives)": lambda job, steps: run_split(job, steps),
-    "splitnn (relay)": lambda job, steps: run_split(job, steps, relay=True),
+    "splitnn (owner drives)": lambda job, steps: run_split(job, steps, warmup=20),
+    "splitnn (relay)": lambda job, steps: run_split(job, steps, relay=True, warmup=20),
 }
 
 

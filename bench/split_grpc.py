@@ -60,11 +60,17 @@ def job_config(job: BenchJob, steps: int, directory: Path):
     return parse_config(raw, directory / f"{job.name}.toml")
 
 
-def run_split(job: BenchJob, steps: int, relay: bool = False) -> dict:
-    """Train the job through three local workers; samples/s over the training itself."""
+def run_split(job: BenchJob, steps: int, relay: bool = False, warmup: int = 20) -> dict:
+    """Train the job through three local workers; samples/s over the training itself.
+    As the baselines leave out their first `warmup` steps, a warm-up run of at least
+    that many steps (whole epochs) goes first on the same workers: it opens the peer
+    connections, which the timed run reuses, and warms torch in every process."""
     with tempfile.TemporaryDirectory() as tmp:
         config = job_config(job, steps, Path(tmp))
         with connected_workers(config, local=True) as clients:
+            if warmup:
+                warm = job_config(job, warmup, Path(tmp))
+                Trainer(warm, clients, Path(tmp) / "warmup", show_progress=False, relay=relay).run()
             trainer = Trainer(config, clients, Path(tmp) / "out", show_progress=False, relay=relay)
             report = trainer.run()
     return {
