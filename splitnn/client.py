@@ -7,6 +7,7 @@ waits for (the last Backward of a step) overlaps with the next one.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from splitnn.channels import create_channel
 from splitnn.errors import SplitnnError
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 from splitnn.watchdog import Watchdog
+
+log = logging.getLogger("splitnn.client")
 
 DEFAULT_TIMEOUT = 60.0
 _KEEPALIVE = [
@@ -127,10 +130,26 @@ class PeerSettings:
     def stream_retry(self, error: WorkerError, attempt: int, started: float) -> bool:
         """Whether a failed stream read is retried: UNAVAILABLE, within the count and
         the time allowed since the first attempt (`started`, time.monotonic())."""
-        return (
+        again = (
             error.code == grpc.StatusCode.UNAVAILABLE
             and attempt < self.retries
             and time.monotonic() - started < self.retry_seconds
+        )
+        if again:
+            self.log_retry(error.call, error.details, attempt)
+        return again
+
+    def log_retry(self, call: str, details: str, attempt: int) -> None:
+        """Say that a call to this worker is tried again: a lost link shows in the log
+        when it happens, not only when the retries run out."""
+        log.warning(
+            "worker %s: %s lost (UNAVAILABLE: %s); retry %d of %d in %.2fs",
+            self.name,
+            call,
+            details,
+            attempt + 1,
+            self.retries,
+            self.backoff_delay(attempt),
         )
 
 
@@ -166,6 +185,7 @@ class WorkerClient(PeerSettings):
                 retry = err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                 if not retry:
                     raise WorkerError(self.name, what, err.code(), err.details()) from None
+                self.log_retry(what, err.details(), attempt)
             time.sleep(self.backoff_delay(attempt))
         raise AssertionError("unreachable")
 

@@ -135,7 +135,9 @@ def _run_async(address, steps, cut):
 
 
 @pytest.mark.parametrize("run_steps", [_run_sync, _run_async], ids=["blocking", "event-loop"])
-def test_ops_retried_through_dropped_connections_are_applied_once(worker, run_steps, monkeypatch):
+def test_ops_retried_through_dropped_connections_are_applied_once(
+    worker, run_steps, monkeypatch, caplog
+):
     retried = []
     stream_retry = PeerSettings.stream_retry
 
@@ -169,6 +171,9 @@ def test_ops_retried_through_dropped_connections_are_applied_once(worker, run_st
         run_steps(proxy.address, steps, maybe_cut)
         assert proxy.cuts >= 10
         assert sum(retried) >= 3, "the cuts never cost the client an answer"
+        said = [r.getMessage() for r in caplog.records if r.name == "splitnn.client"]
+        assert len(said) == sum(retried)  # every retry is in the log, naming the worker
+        assert all(m.startswith("worker alice: Exchange ") and " lost " in m for m in said)
         exported = {}
         for i in range(2):
             state = direct.export_segment(RUN, i)
