@@ -343,9 +343,13 @@ class SegmentHost:
                 _step(chain)
             return input_grad
 
-    def settle(self, run_id: str, indices: list[int]) -> None:
+    def settle(self, run_id: str, indices) -> None:
         """Pay what a backward pass through these segments put off (parameter gradients,
         step): called by whoever sent its answer, unless another use paid it first."""
+        # Nothing owed, as after most ops: no lock to take. Read unlocked, yet what the
+        # caller's own op owes was added by the caller's thread, so it is seen here.
+        if not self._owed:
+            return
         with self._lock:
             self._pay_owed(run_id, indices)
 

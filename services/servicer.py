@@ -231,8 +231,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             try:
                 yield from self._answer(answer, wrap_as=None if kind else op_kind)
             finally:
-                if op_kind != "step":
-                    self.host.settle(op.run_id, list(op.segments))
+                self.host.settle(op.run_id, op.segments)
 
     def Drive(self, request, context):
         with _errors_to_status(context):
