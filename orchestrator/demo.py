@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from orchestrator.config import load_config
 from orchestrator.reference import (
+    build_model,
     load_model_file,
     max_weight_difference,
     owner_dataset,
@@ -22,10 +25,14 @@ def run_demo(config_path: Path, out_dir: Path) -> int:
     print(f"splitnn demo: {config.name} job from {config_path}")
     print("  chain: " + " -> ".join(s.host for s in config.segments))
     print(f"  owners train in turn: {', '.join(config.owners)}; {config.epochs} epochs each\n")
+    _print_first_outputs(config)
 
     def on_epoch(record):
-        if record["epoch"] == 1 or record["epoch"] % 50 == 0:
-            print(f"  {record['owner']:>7}  epoch {record['epoch']:>4}  loss {record['loss']:.6f}")
+        # The notebook counts epochs from 0 and prints every 30th (cell 9).
+        epoch = record["epoch"] - 1
+        if epoch % 30 == 0:
+            owner, loss = record["owner"], record["loss"]
+            print(f"  {owner:>7}  Epoch: {epoch}/{config.epochs}  Loss: {loss:.4f}")
 
     with connected_workers(config, local=True) as clients:
         trainer = Trainer(config, clients, out_dir, on_epoch=on_epoch, show_progress=False)
@@ -34,10 +41,10 @@ def run_demo(config_path: Path, out_dir: Path) -> int:
         labels, outputs = _predictions(config, clients, trainer, owner)
         trainer.cleanup()
 
-    print(f"\nfinal predictions on {owner}'s data, label -> prediction:")
+    print(f"\nFinal Predictions on the 16 rows of {owner}'s data (label -> prediction):")
     for start in range(0, len(labels), 8):
         row = labels[start : start + 8], outputs[start : start + 8]
-        print("  " + "  ".join(f"{int(y)} -> {p:.3f}" for y, p in zip(*row, strict=True)))
+        print("  " + "  ".join(f"{int(y)} -> {p:.4f}" for y, p in zip(*row, strict=True)))
 
     split = load_model_file(out_dir / "model.safetensors")
     model, _ = train_reference(config)
@@ -45,6 +52,22 @@ def run_demo(config_path: Path, out_dir: Path) -> int:
     print(f"\nmax |weight difference| vs the same training in one process: {diff:.3g}")
     print(f"wall time {report['wall_time_s']:.1f}s; outputs in {out_dir}/")
     return 0 if diff <= 1e-5 else 1
+
+
+def first_segment_outputs(config) -> torch.Tensor:
+    """Segment 0's output on the first owner's rows before training: what the
+    notebook's cell 6 printed after `torch.manual_seed(1)`."""
+    model = build_model(config)
+    x = owner_dataset(config, config.owners[0], config.dataset).x
+    with torch.no_grad():
+        return model[0](x)
+
+
+def _print_first_outputs(config) -> None:
+    print("first segment's output on the 16 rows before training (the notebook's cell 6):")
+    for row in first_segment_outputs(config).tolist():
+        print("  [" + ", ".join(f"{v:7.4f}" for v in row) + "]")
+    print()
 
 
 def _predictions(config, clients, trainer, owner):

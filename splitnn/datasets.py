@@ -13,11 +13,23 @@ from splitnn.errors import InvalidArgument, NotFound
 TOY_NAME = "toy"
 
 
+# The notebook's cell 3, row for row: every combination of 4 binary features, the eight
+# with the fourth feature 0 first (by how many bits are set), then the eight with it 1.
+# Each row's label is its fourth feature.
+_TOY_ROWS = (
+    (0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0),
+    (1, 1, 0, 0), (1, 0, 1, 0), (0, 1, 1, 0), (1, 1, 1, 0),
+    (0, 0, 0, 1), (1, 0, 0, 1), (0, 1, 0, 1), (0, 0, 1, 1),
+    (1, 1, 0, 1), (1, 0, 1, 1), (0, 1, 1, 1), (1, 1, 1, 1),
+)  # fmt: skip
+
+
 def toy_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The seed's 16-row toy set: every combination of 4 binary features (row i holds
-    the bits of i, most significant first), labelled with its first feature."""
-    x = np.array([[(i >> (3 - b)) & 1 for b in range(4)] for i in range(16)], dtype=np.float32)
-    y = x[:, :1].copy()
+    """The seed notebook's 16-row toy set exactly as its cell 3 lists it: x of shape
+    [16, 4] and y of shape [16, 1], float32; y is 0 for the first eight rows and 1 for
+    the last eight (the fourth feature)."""
+    x = np.array(_TOY_ROWS, dtype=np.float32)
+    y = np.array([[0.0]] * 8 + [[1.0]] * 8, dtype=np.float32)
     return x, y
 
 

@@ -36,15 +36,24 @@ def assert_equals_reference(config_path: Path, out: Path) -> None:
     assert max_weight_difference(split, reference.state_dict()) <= 1e-5
 
 
-def test_seed_job_equals_single_process(tmp_path):
-    assert_equals_reference(ROOT / "examples" / "seed.toml", tmp_path / "out")
+def test_seed_job_is_the_notebooks_training(tmp_path):
+    """One CLI run of the seed job: the notebook's losses, its plain-PyTorch weights
+    (on its own literal data and through the reference trainer), metrics and report."""
+    from tests.test_notebook_toy import notebook_training_state
 
-
-def test_seed_job_writes_metrics_and_report(tmp_path):
     out = tmp_path / "out"
-    run_cli("train", str(ROOT / "examples" / "seed.toml"), "--out", str(out), "--local")
+    config_path = ROOT / "examples" / "seed.toml"
+    result = run_cli("train", str(config_path), "--out", str(out), "--local")
+    assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
+    split = load_file(str(out / "model.safetensors"))
+
+    assert round(records[0]["loss"], 5) == 3.99862
+    assert round(records[-1]["loss"], 5) == 0.00088
+    assert max_weight_difference(split, notebook_training_state()) <= 1e-5
+    reference, _ = train_reference(load_config(config_path))
+    assert max_weight_difference(split, reference.state_dict()) <= 1e-5
     assert {r["owner"] for r in records} == {"alice", "bob", "claire"}
     assert len(records) == 900 and records[-1]["step"] == 900
     assert set(report["final_loss"]) == {"alice", "bob", "claire"}
