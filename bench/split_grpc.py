@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import BenchJob
-from orchestrator.config import parse_config
-from orchestrator.run import connected_workers
-from orchestrator.trainer import Trainer
+from splitnn.orchestrator.config import parse_config
+from splitnn.orchestrator.run import connected_workers
+from splitnn.orchestrator.trainer import Trainer
 
 _LOSS_NAMES = {"sse": "sum_squared_error", "cross_entropy": "cross_entropy"}
 

@@ -1,3 +1,2 @@
-"""The splitnn orchestrator and CLI."""
-
-import splitnn  # noqa: F401  (gRPC core settings before gRPC starts: splitnn.grpc_env)
+"""The orchestrator (installed as splitnn.orchestrator): configs, the trainer that
+walks the schedule across workers, checkpoints, outputs, and the `splitnn` CLI."""

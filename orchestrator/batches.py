@@ -6,9 +6,9 @@ import time
 
 import grpc
 
-from splitnn.client import WorkerClient, WorkerError
-from splitnn.losses import loss_kind
-from splitnn.pipeline import Pipeline, Stage
+from splitnn.model.losses import loss_kind
+from splitnn.training.pipeline import Pipeline, Stage
+from splitnn.transport.client import WorkerClient, WorkerError
 from splitnn.v1 import worker_pb2
 
 

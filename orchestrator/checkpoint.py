@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from orchestrator.outputs import write_atomic
+from splitnn.orchestrator.outputs import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 

@@ -15,14 +15,14 @@ SEED_CONFIG = Path(__file__).resolve().parent / "seed.toml"
 
 
 def _cmd_train(args) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.outputs import read_metrics
-    from orchestrator.results import format_summary
-    from orchestrator.run import train
+    from splitnn.orchestrator.config import load_config
+    from splitnn.orchestrator.outputs import read_metrics
+    from splitnn.orchestrator.results import format_summary
+    from splitnn.orchestrator.run import train
 
     resume = None
     if args.resume:
-        from orchestrator.checkpoint import load_checkpoint
+        from splitnn.orchestrator.checkpoint import load_checkpoint
 
         resume = load_checkpoint(Path(args.resume))
         args.out = args.out or args.resume
@@ -33,7 +33,7 @@ def _cmd_train(args) -> int:
     config = load_config(args.config)
     if args.checkpoint_every is not None:
         config.checkpoint_every = args.checkpoint_every
-    from orchestrator.cli_certs import security_from_args
+    from splitnn.orchestrator.cli_certs import security_from_args
 
     security = security_from_args(args)
     report = train(
@@ -48,7 +48,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from orchestrator.results import report_run
+    from splitnn.orchestrator.results import report_run
 
     print(report_run(Path(args.dir), Path(args.dir).name))
     print(f"curves: {Path(args.dir) / 'curves.png'}")
@@ -58,10 +58,10 @@ def _cmd_report(args) -> int:
 def _cmd_evaluate(args) -> int:
     import json
 
-    from orchestrator.cli_certs import security_from_args
-    from orchestrator.config import load_config
-    from orchestrator.evaluate import evaluate_model
-    from orchestrator.run import connected_workers
+    from splitnn.orchestrator.cli_certs import security_from_args
+    from splitnn.orchestrator.config import load_config
+    from splitnn.orchestrator.evaluate import evaluate_model
+    from splitnn.orchestrator.run import connected_workers
 
     config = load_config(args.config)
     security = security_from_args(args)
@@ -78,7 +78,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from orchestrator.demo import run_demo
+    from splitnn.orchestrator.demo import run_demo
 
     return run_demo(SEED_CONFIG, Path(args.out))
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="carry every activation through this process (default: the owner's worker drives)",
     )
-    from orchestrator.cli_certs import add_security_arguments
+    from splitnn.orchestrator.cli_certs import add_security_arguments
 
     add_security_arguments(p)
     p.set_defaults(func=_cmd_train)
@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
 
-    for module in ("orchestrator.cli_data", "orchestrator.cli_health", "orchestrator.cli_certs"):
+    for module in (
+        "splitnn.orchestrator.cli_data",
+        "splitnn.orchestrator.cli_health",
+        "splitnn.orchestrator.cli_certs",
+    ):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError:

@@ -18,7 +18,7 @@ PROG = "splitnn certs"
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``certs`` (with ``init`` and ``issue``) to the main CLI's subparsers."""
-    from splitnn.certs import CA_DAYS, HOST_DAYS
+    from splitnn.security.certs import CA_DAYS, HOST_DAYS
 
     certs = subparsers.add_parser(
         "certs", help="make a CA and per-host certificates for mutual TLS"
@@ -57,7 +57,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run_certs(args) -> int:
     """Run ``certs init`` or ``certs issue``. Errors: message on stderr, exit 2."""
-    from splitnn import certs
+    from splitnn.security import certs
 
     try:
         if args.certs_command == "init":
@@ -101,8 +101,8 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def security_from_args(args):
-    """A `splitnn.security.Security` from the options above, or None if none was given."""
-    from splitnn.security import Security
+    """A `splitnn.security.policy.Security` from the options above, or None if none was given."""
+    from splitnn.security.policy import Security
 
     return Security.from_options(
         tls_dir=getattr(args, "tls_dir", None),
@@ -114,7 +114,7 @@ def security_from_args(args):
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry: ``python -m orchestrator.cli_certs certs init --dir DIR``."""
+    """Stand-alone entry: ``python -m splitnn.orchestrator.cli_certs certs init --dir DIR``."""
     parser = argparse.ArgumentParser(prog="splitnn")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -74,7 +74,7 @@ def run_data(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry: ``python -m orchestrator.cli_data data prepare ...``."""
+    """Stand-alone entry: ``python -m splitnn.orchestrator.cli_data data prepare ...``."""
     parser = argparse.ArgumentParser(prog="splitnn")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitnn.channels import create_channel
 from splitnn.errors import SplitnnError
+from splitnn.transport.channels import create_channel
 
 PROG = "splitnn health"
 DEFAULT_TIMEOUT = 5.0
@@ -220,7 +220,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _credentials(args):
     """(credentials, channel options) from the TLS flags; (None, ()) without them."""
-    from splitnn.security import Security
+    from splitnn.security.policy import Security
 
     security = Security.from_options(args.tls_dir, args.tls_ca, args.tls_cert, args.tls_key)
     if security is None or not security.tls:
@@ -256,7 +256,7 @@ def run_health(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry: ``python -m orchestrator.cli_health health ADDRESS``."""
+    """Stand-alone entry: ``python -m splitnn.orchestrator.cli_health health ADDRESS``."""
     parser = argparse.ArgumentParser(prog="splitnn")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

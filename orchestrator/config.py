@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
 from splitnn.errors import InvalidArgument, SplitnnError
-from splitnn.losses import LOSS_KINDS
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.model.losses import LOSS_KINDS
 
 OWNER = "owner"
 _TOP_KEYS = {"name", "seed", "input_shape", "workers", "training", "optimizer", "segments"}

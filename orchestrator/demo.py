@@ -6,17 +6,17 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.reference import (
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.reference import (
     build_model,
     load_model_file,
     max_weight_difference,
     owner_dataset,
     train_reference,
 )
-from orchestrator.run import connected_workers
-from orchestrator.trainer import Trainer
-from splitnn.pipeline import Pipeline, plan_stages
+from splitnn.orchestrator.run import connected_workers
+from splitnn.orchestrator.trainer import Trainer
+from splitnn.training.pipeline import Pipeline, plan_stages
 
 
 def run_demo(config_path: Path, out_dir: Path) -> int:

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.config import Config
-from orchestrator.trainer import RunError, Trainer
-from splitnn.pipeline import plan_stages
+from splitnn.orchestrator.config import Config
+from splitnn.orchestrator.trainer import RunError, Trainer
+from splitnn.training.pipeline import plan_stages
 
 
 def split_model_state(config: Config, state: dict[str, torch.Tensor]) -> list[dict]:

@@ -55,7 +55,7 @@ class LocalWorkers:
         cmd = [
             sys.executable,
             "-m",
-            "services.server",
+            "splitnn.services.server",
             "--name",
             host,
             "--listen",

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.config import Config
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn import schedule
-from splitnn.datasets import TOY_NAME, Dataset, builtin, load_npz
-from splitnn.losses import compute_loss
+from splitnn.data.datasets import TOY_NAME, Dataset, builtin, load_npz
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.model.losses import compute_loss
+from splitnn.orchestrator.config import Config
+from splitnn.training import schedule
 
 
 def owner_dataset(config: Config, owner: str, name: str) -> Dataset:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.outputs import read_metrics
+from splitnn.orchestrator.outputs import read_metrics
 
 
 def _x(record: dict, epochs_per_turn: int) -> int:

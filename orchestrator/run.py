@@ -7,12 +7,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from orchestrator.cli_health import wait_healthy
-from orchestrator.config import Config, ConfigError
-from orchestrator.local_workers import LocalWorkers
-from orchestrator.trainer import Trainer
-from splitnn.client import WorkerClient, WorkerError
-from splitnn.security import Security
+from splitnn.orchestrator.cli_health import wait_healthy
+from splitnn.orchestrator.config import Config, ConfigError
+from splitnn.orchestrator.local_workers import LocalWorkers
+from splitnn.orchestrator.trainer import Trainer
+from splitnn.security.policy import Security
+from splitnn.transport.client import WorkerClient, WorkerError
 
 
 def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:

@@ -12,16 +12,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from orchestrator.batches import drive_batches, relay_batches
-from orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
-from orchestrator.config import Config
-from orchestrator.outputs import MetricsLog, model_state, read_metrics, save_model, write_report
-from orchestrator.results import plot_curves
-from splitnn import layers as layer_specs
-from splitnn import schedule
-from splitnn.client import WorkerClient, WorkerError
 from splitnn.errors import SplitnnError
-from splitnn.pipeline import Pipeline, plan_stages
+from splitnn.model import layers as layer_specs
+from splitnn.orchestrator.batches import drive_batches, relay_batches
+from splitnn.orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
+from splitnn.orchestrator.config import Config
+from splitnn.orchestrator.outputs import (
+    MetricsLog,
+    model_state,
+    read_metrics,
+    save_model,
+    write_report,
+)
+from splitnn.orchestrator.results import plot_curves
+from splitnn.training import schedule
+from splitnn.training.pipeline import Pipeline, plan_stages
+from splitnn.transport.client import WorkerClient, WorkerError
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000

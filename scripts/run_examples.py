@@ -19,14 +19,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.reference import (  # noqa: E402
+from splitnn.model.losses import compute_loss, count_correct  # noqa: E402
+from splitnn.orchestrator.config import load_config  # noqa: E402
+from splitnn.orchestrator.reference import (  # noqa: E402
     load_model_file,
     max_weight_difference,
     owner_dataset,
     train_reference,
 )
-from splitnn.losses import compute_loss, count_correct  # noqa: E402
 
 
 def reference_accuracy(config, model) -> float:
@@ -55,7 +55,7 @@ def main(paths: list[str]) -> None:
         out = ROOT / "runs" / config.name
         if not (REUSE and (out / "report.json").is_file()):
             subprocess.run(
-                [sys.executable, "-m", "orchestrator.cli", "train", path]
+                [sys.executable, "-m", "splitnn.orchestrator.cli", "train", path]
                 + ["--out", str(out), "--local"],
                 check=True,
                 cwd=ROOT,

@@ -63,14 +63,14 @@ host = "owner"
 layers = [{ type = "Linear", in_features = 3, out_features = 1 }, { type = "Sigmoid" }]
 TOML
 
-ip netns exec "$NS_B" $PY -m services.server --name bob --listen "$ADDR_B:50062" \
+ip netns exec "$NS_B" $PY -m splitnn.services.server --name bob --listen "$ADDR_B:50062" \
     --insecure >"$WORK/bob.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS_A" $PY -m services.server --name alice --listen "$ADDR_A:50061" \
+ip netns exec "$NS_A" $PY -m splitnn.services.server --name alice --listen "$ADDR_A:50061" \
     --insecure >"$WORK/alice.log" 2>&1 &
 PIDS+=($!)
 sleep 3
-ip netns exec "$NS_A" $PY -m orchestrator.cli train "$WORK/job.toml" --out "$WORK/out" \
+ip netns exec "$NS_A" $PY -m splitnn.orchestrator.cli train "$WORK/job.toml" --out "$WORK/out" \
     >"$WORK/train.log" 2>&1 &
 TRAIN=$!
 PIDS+=("$TRAIN")

@@ -1,3 +1,3 @@
-"""The splitnn worker: segment host, servicer, driver and server."""
-
-import splitnn  # noqa: F401  (gRPC core settings before gRPC starts: splitnn.grpc_env)
+"""The worker (installed as splitnn.services): the segment host and its per-batch
+state, the servicer that adapts gRPC to it, the driver that runs a data owner's
+chain, and the `splitnn-worker` server."""

@@ -18,14 +18,14 @@ import threading
 import time
 from collections import OrderedDict
 
-from services.local_client import LocalClient
-from services.segment_host import SegmentHost
-from splitnn import busy_poll
-from splitnn.aio_client import AsyncExchangeClient
 from splitnn.errors import InvalidArgument
-from splitnn.losses import LOSS_NAMES
-from splitnn.pipeline import Pipeline, Stage
-from splitnn.torch_threads import adopt_torch_threads
+from splitnn.model.losses import LOSS_NAMES
+from splitnn.model.threads import adopt_torch_threads
+from splitnn.services.local_client import LocalClient
+from splitnn.services.segment_host import SegmentHost
+from splitnn.training.pipeline import Pipeline, Stage
+from splitnn.transport import busy_poll
+from splitnn.transport.aio_client import AsyncExchangeClient
 from splitnn.v1 import worker_pb2
 
 FLUSH_SECONDS = 0.25
@@ -42,7 +42,7 @@ class Driver:
     concurrent runs each check out their own, so their ops never interleave.
     `client_factory(name, address, server_name)` makes an AsyncExchangeClient-like
     client; it is called on the driver's event loop. The loop polls for up to
-    `spin_seconds` before it sleeps (splitnn.busy_poll); 0 turns that off.
+    `spin_seconds` before it sleeps (splitnn.transport.busy_poll); 0 turns that off.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The client interface of splitnn.client.WorkerClient, served by this process's own host.
+"""The client interface of splitnn.transport.client.WorkerClient, served by this process's own host.
 
 A worker that drives the chain runs its own stages through this: same ops,
 same code as over the network, but no serialization and no hop.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from services import ops
-from services.segment_host import SegmentHost
-from splitnn.client import Reply
+from splitnn.services import ops
+from splitnn.services.segment_host import SegmentHost
+from splitnn.transport.client import Reply
 
 
 class LocalClient:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from services.segment_host import SegmentHost
 from splitnn.errors import InvalidArgument
-from splitnn.losses import LOSS_NAMES
+from splitnn.model.losses import LOSS_NAMES
+from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
 
 

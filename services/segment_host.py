@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from services.replay import ReplayCache
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn.datasets import Dataset
+from splitnn.data.datasets import Dataset
 from splitnn.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,7 +23,10 @@ from splitnn.errors import (
     NumericalError,
     ResourceExhausted,
 )
-from splitnn.losses import compute_loss, count_correct
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.model.losses import compute_loss, count_correct
+from splitnn.services.replay import ReplayCache
 
 
 @dataclass

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import torch
 
-from services.driver import Driver
-from services.health import add_health_and_reflection
-from services.registration import add_worker_service
-from services.segment_host import Limits, SegmentHost
-from services.servicer import WorkerServicer
-from splitnn import busy_poll, codec
-from splitnn.aio_client import AsyncExchangeClient
-from splitnn.channels import create_server
-from splitnn.datasets import TOY_NAME, builtin, load_npz
+from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
-from splitnn.security import Security, is_loopback
+from splitnn.security.policy import Security, is_loopback
+from splitnn.services.driver import Driver
+from splitnn.services.health import add_health_and_reflection
+from splitnn.services.registration import add_worker_service
+from splitnn.services.segment_host import Limits, SegmentHost
+from splitnn.services.servicer import WorkerServicer
+from splitnn.transport import busy_poll
+from splitnn.transport.aio_client import AsyncExchangeClient
+from splitnn.transport.channels import create_server
+from splitnn.wire import codec
 
 log = logging.getLogger("splitnn.worker")
 SWITCH_INTERVAL_S = 0.0002

@@ -10,13 +10,6 @@ import logging
 
 import grpc
 
-from services import ops
-from services.driver import Driver
-from services.segment_host import SegmentHost
-from splitnn import codec
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn.client import WorkerError
 from splitnn.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -28,7 +21,14 @@ from splitnn.errors import (
     SplitnnError,
     Unauthenticated,
 )
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.services import ops
+from splitnn.services.driver import Driver
+from splitnn.services.segment_host import SegmentHost
+from splitnn.transport.client import WorkerError
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
+from splitnn.wire import codec
 
 log = logging.getLogger("splitnn.worker")
 

@@ -1,9 +1,9 @@
 """splitnn: split learning over gRPC.
 
 Importing any splitnn package first sets how gRPC's core moves bytes (see
-splitnn.grpc_env); that must happen before gRPC starts, hence here.
+splitnn.transport.grpc_env); that must happen before gRPC starts, hence here.
 """
 
-from splitnn import grpc_env as _grpc_env
+from splitnn.transport import grpc_env as _grpc_env
 
 _grpc_env.apply()

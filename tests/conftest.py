@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-# Make the repository root importable under a plain `pytest` run.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from services.segment_host import Limits, SegmentHost  # noqa: E402
-from splitnn.datasets import TOY_NAME, builtin  # noqa: E402
-from splitnn.v1 import worker_pb2_grpc  # noqa: E402
+from splitnn.data.datasets import TOY_NAME, builtin
+from splitnn.services.segment_host import Limits, SegmentHost
+from splitnn.v1 import worker_pb2_grpc
 
 
 def pytest_configure(config):
-    # splitnn.codec silences this torch warning at import (it clones the buffer right after);
+    # splitnn.wire.codec silences this torch warning at import (it clones the buffer right after);
     # pytest resets warning filters for every test, so say it again here.
     config.addinivalue_line("filterwarnings", "ignore:The given buffer is not writable:UserWarning")
 
@@ -35,10 +28,10 @@ class RunningWorker(NamedTuple):
 def start_worker(name: str = "alice", limits: Limits | None = None):
     """Start a worker on 127.0.0.1:0; returns (RunningWorker, stop function)."""
     # Imported here so that tests without a network do not depend on the gRPC side.
-    from services.registration import add_worker_service
-    from services.servicer import WorkerServicer
-    from splitnn import codec
-    from splitnn.channels import create_channel, create_server
+    from splitnn.services.registration import add_worker_service
+    from splitnn.services.servicer import WorkerServicer
+    from splitnn.transport.channels import create_channel, create_server
+    from splitnn.wire import codec
 
     host = SegmentHost(name, {TOY_NAME: builtin(TOY_NAME)}, limits or Limits())
     server, port = create_server("127.0.0.1:0")

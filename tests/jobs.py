@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitnn import optim as optim_specs
-from splitnn.datasets import toy_arrays
-from splitnn.losses import compute_loss
+from splitnn.data.datasets import toy_arrays
+from splitnn.model import optim as optim_specs
+from splitnn.model.losses import compute_loss
 
 
 def write_owner_data(directory: Path, owners: list[str], rows: int, shape: list[int], classes: int):

@@ -28,8 +28,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE_WORKDIR = "/app"
 # [project.scripts] of pyproject.toml, run from this checkout.
 CONSOLE_SCRIPTS = {
-    "splitnn": [sys.executable, "-m", "orchestrator.cli"],
-    "splitnn-worker": [sys.executable, "-m", "services.server"],
+    "splitnn": [sys.executable, "-m", "splitnn.orchestrator.cli"],
+    "splitnn-worker": [sys.executable, "-m", "splitnn.services.server"],
 }
 SUBNET = "10.213.7"  # /24, only ever configured inside the test's own namespaces
 NETNS_ETC = Path("/etc/netns")

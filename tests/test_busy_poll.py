@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from services.driver import Driver
-from services.segment_host import SegmentHost
-from services.server import parse_args
-from splitnn import busy_poll
+from splitnn.services.driver import Driver
+from splitnn.services.segment_host import SegmentHost
+from splitnn.services.server import parse_args
+from splitnn.transport import busy_poll
 
 
 def test_spinning_loop_runs_readers_timers_and_threads():

@@ -1,4 +1,4 @@
-"""splitnn.codec: tensors and state blobs to and from wire messages, and what it refuses."""
+"""splitnn.wire.codec: tensors and state blobs to and from wire messages, and what it refuses."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitnn import codec
 from splitnn.errors import InvalidArgument, ResourceExhausted
 from splitnn.v1 import tensor_pb2
+from splitnn.wire import codec
 
 DTYPES = [
     torch.float32,

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("yaml")
 
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.reference import load_model_file, max_weight_difference, train_reference  # noqa: E402
+from splitnn.orchestrator.config import load_config  # noqa: E402
+from splitnn.orchestrator.reference import load_model_file, max_weight_difference, train_reference  # noqa: E402
 from tests.netns import ROOT, ComposeNetns, command_words, netns_available  # noqa: E402
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(150)]

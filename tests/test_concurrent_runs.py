@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from orchestrator.config import load_config
-from orchestrator.reference import max_weight_difference, train_reference
-from orchestrator.run import connected_workers
-from orchestrator.trainer import Trainer
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.reference import max_weight_difference, train_reference
+from splitnn.orchestrator.run import connected_workers
+from splitnn.orchestrator.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def test_two_concurrent_runs_on_the_same_workers_equal_their_references(tmp_path
                 errors.append(err)
 
         # Each run has its own client objects (its own streams) to the same workers.
-        from splitnn.client import WorkerClient
+        from splitnn.transport.client import WorkerClient
 
         clients_for = [clients, {n: WorkerClient(n, c.address) for n, c in clients.items()}]
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config
+from splitnn.orchestrator.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "examples" / "seed.toml").read_text()
@@ -70,7 +70,15 @@ def test_not_toml_is_a_clear_error(tmp_path):
 def test_cli_reports_a_config_typo_and_starts_no_worker(tmp_path):
     path = write(tmp_path, SEED.replace("epochs = 300", "epocs = 300"))
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", str(path), "--out", str(tmp_path / "o")]
+        [
+            sys.executable,
+            "-m",
+            "splitnn.orchestrator.cli",
+            "train",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
         + ["--local"],
         cwd=ROOT,
         capture_output=True,
@@ -94,7 +102,13 @@ def test_local_workers_do_not_outlive_a_killed_orchestrator(tmp_path):
     import time
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "train", str(ROOT / "examples" / "seed.toml")]
+        [
+            sys.executable,
+            "-m",
+            "splitnn.orchestrator.cli",
+            "train",
+            str(ROOT / "examples" / "seed.toml"),
+        ]
         + ["--out", str(tmp_path / "o"), "--local"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from splitnn.orchestrator.config import load_config
 from tests.netns import command_words, load_compose, parse_volume
 
 ROOT = Path(__file__).resolve().parents[1]

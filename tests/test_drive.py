@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from services.driver import Driver
-from services.segment_host import SegmentHost
-from splitnn import optim as optim_specs
-from splitnn.client import WorkerClient
-from splitnn.datasets import TOY_NAME
-from splitnn.losses import loss_kind
+from splitnn.data.datasets import TOY_NAME
+from splitnn.model import optim as optim_specs
+from splitnn.model.losses import loss_kind
+from splitnn.services.driver import Driver
+from splitnn.services.segment_host import SegmentHost
+from splitnn.transport.client import WorkerClient
 from splitnn.v1 import worker_pb2
 from tests import jobs
 from tests.conftest import start_worker

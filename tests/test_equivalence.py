@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from orchestrator.config import load_config
-from orchestrator.reference import max_weight_difference, train_reference
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.reference import max_weight_difference, train_reference
 from tests import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "splitnn.orchestrator.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -31,19 +31,19 @@ from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from services.driver import Driver
-from services.registration import add_worker_service
-from services.segment_host import Limits, SegmentHost
-from services.servicer import WorkerServicer
-from splitnn import codec
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn.aio_client import AsyncExchangeClient
-from splitnn.channels import create_channel, create_server
-from splitnn.client import WorkerClient
-from splitnn.datasets import TOY_NAME, builtin
-from splitnn.pipeline import Pipeline, Stage
+from splitnn.data.datasets import TOY_NAME, builtin
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.services.driver import Driver
+from splitnn.services.registration import add_worker_service
+from splitnn.services.segment_host import Limits, SegmentHost
+from splitnn.services.servicer import WorkerServicer
+from splitnn.training.pipeline import Pipeline, Stage
+from splitnn.transport.aio_client import AsyncExchangeClient
+from splitnn.transport.channels import create_channel, create_server
+from splitnn.transport.client import WorkerClient
 from splitnn.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
+from splitnn.wire import codec
 from tests.conftest import RunningWorker
 
 Code = grpc.StatusCode

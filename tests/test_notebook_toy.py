@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.config import load_config
-from orchestrator.demo import first_segment_outputs
-from splitnn.datasets import TOY_NAME, builtin, toy_arrays
+from splitnn.data.datasets import TOY_NAME, builtin, toy_arrays
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.demo import first_segment_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator import cli_data
 from splitnn.data.prepare import (
     TEST_SEED_OFFSET,
     format_table,
@@ -16,6 +15,7 @@ from splitnn.data.prepare import (
     prepare,
 )
 from splitnn.data.readers import load_source
+from splitnn.orchestrator import cli_data
 
 OWNERS = ["alice", "bob", "claire"]
 
@@ -144,7 +144,7 @@ def test_prepare_rejects_bad_input(npz_source, tmp_path):
 
 
 def test_prepared_files_load_in_the_worker_dataset_reader(npz_source, tmp_path):
-    datasets = pytest.importorskip("splitnn.datasets")
+    datasets = pytest.importorskip("splitnn.data.datasets")
     prepare(f"npz:{npz_source}", OWNERS, "iid", tmp_path / "w")
     ds = datasets.load_npz("alice", tmp_path / "w" / "alice_train.npz")
     assert ds.rows == 30 and ds.x.shape[1] == 4
@@ -226,7 +226,7 @@ def test_register_sets_func_on_a_host_parser():
 
 
 def test_main_cli_dispatches_to_data(npz_source, tmp_path, capsys):
-    cli = pytest.importorskip("orchestrator.cli")
+    cli = pytest.importorskip("splitnn.orchestrator.cli")
     out = tmp_path / "main"
     argv = ["data", "prepare", f"npz:{npz_source}", "--owners", "a,b", "--out", str(out)]
     assert cli.main(argv) == 0

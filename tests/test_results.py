@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.outputs import read_metrics
-from orchestrator.reference import owner_dataset, train_reference
-from orchestrator.results import format_summary, plot_curves, report_run
-from splitnn.losses import compute_loss
+from splitnn.model.losses import compute_loss
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.outputs import read_metrics
+from splitnn.orchestrator.reference import owner_dataset, train_reference
+from splitnn.orchestrator.results import format_summary, plot_curves, report_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +68,7 @@ def test_evaluation_through_the_chain_matches_plain_pytorch(tmp_path):
     config_path = tmp_path / "eval.toml"
     config_path.write_text(text)
     out = tmp_path / "run"
-    cli = [sys.executable, "-m", "orchestrator.cli"]
+    cli = [sys.executable, "-m", "splitnn.orchestrator.cli"]
     run = subprocess.run(
         cli + ["train", str(config_path), "--out", str(out), "--local"],
         cwd=ROOT,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from orchestrator.reference import load_model_file, max_weight_difference
+from splitnn.orchestrator.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from splitnn.orchestrator.reference import load_model_file, max_weight_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def start_worker(name: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "services.server", "--name", name]
+    cmd = [sys.executable, "-m", "splitnn.services.server", "--name", name]
     cmd += ["--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
     help_text = subprocess.run(cmd[:3] + ["--help"], capture_output=True, text=True, cwd=ROOT)
     if "--insecure" in help_text.stdout:
@@ -56,7 +56,7 @@ def write_config(path: Path, ports: dict[str, int]) -> Path:
 
 def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", *args],
+        [sys.executable, "-m", "splitnn.orchestrator.cli", "train", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -71,7 +71,7 @@ def test_sigkill_a_worker_restart_resume_equals_uninterrupted_run(tmp_path):
     out = tmp_path / "run"
     try:
         orchestrator = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "train", str(config)]
+            [sys.executable, "-m", "splitnn.orchestrator.cli", "train", str(config)]
             + ["--out", str(out), "--checkpoint-every", "50"],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from splitnn import optim as optim_specs
-from splitnn.aio_client import AsyncExchangeClient
-from splitnn.client import PeerSettings, WorkerClient
-from splitnn.datasets import TOY_NAME
-from splitnn.pipeline import Pipeline, Stage
+from splitnn.data.datasets import TOY_NAME
+from splitnn.model import optim as optim_specs
+from splitnn.training.pipeline import Pipeline, Stage
+from splitnn.transport.aio_client import AsyncExchangeClient
+from splitnn.transport.client import PeerSettings, WorkerClient
 from tests import jobs
 
 RUN = "retry-run"
@@ -171,7 +171,7 @@ def test_ops_retried_through_dropped_connections_are_applied_once(
         run_steps(proxy.address, steps, maybe_cut)
         assert proxy.cuts >= 10
         assert sum(retried) >= 3, "the cuts never cost the client an answer"
-        said = [r.getMessage() for r in caplog.records if r.name == "splitnn.client"]
+        said = [r.getMessage() for r in caplog.records if r.name == "splitnn.transport.client"]
         assert len(said) == sum(retried)  # every retry is in the log, naming the worker
         assert all(m.startswith("worker alice: Exchange ") and " lost " in m for m in said)
         exported = {}

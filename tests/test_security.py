@@ -20,15 +20,15 @@ import torch
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from orchestrator.cli import main as splitnn_main
-from orchestrator.config import load_config
-from orchestrator.reference import load_model_file, max_weight_difference, train_reference
-from orchestrator.run import connected_workers, train
-from services.server import build, parse_args
-from splitnn import certs
-from splitnn.client import WorkerClient, WorkerError
 from splitnn.errors import SplitnnError
-from splitnn.security import Security, SecurityError, is_loopback
+from splitnn.orchestrator.cli import main as splitnn_main
+from splitnn.orchestrator.config import load_config
+from splitnn.orchestrator.reference import load_model_file, max_weight_difference, train_reference
+from splitnn.orchestrator.run import connected_workers, train
+from splitnn.security import certs
+from splitnn.security.policy import Security, SecurityError, is_loopback
+from splitnn.services.server import build, parse_args
+from splitnn.transport.client import WorkerClient, WorkerError
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def test_certs_issue_extra_names_and_refuses_to_overwrite(tmp_path, capsys):
 def test_worker_refuses_to_serve_a_network_unprotected_unless_insecure_is_asked_for(capsys):
     with pytest.raises(SplitnnError, match="--insecure"):
         build(parse_args(["--name", "alice", "--listen", "0.0.0.0:0"]))
-    from services.server import main as worker_main
+    from splitnn.services.server import main as worker_main
 
     assert worker_main(["--name", "alice", "--listen", "0.0.0.0:0"]) == 2
     assert "--insecure" in capsys.readouterr().err
@@ -217,7 +217,9 @@ def test_client_with_a_certificate_from_another_ca_is_refused(pki, other_pki, se
     # It trusts the right CA for the server, but presents a certificate the server's CA
     # did not sign.
     rogue = Security(
-        ca=pki / "ca.pem", cert=other_pki / "orchestrator.pem", key=other_pki / "orchestrator.key"
+        ca=pki / "ca.pem",
+        cert=other_pki / "orchestrator.pem",
+        key=other_pki / "orchestrator.key",
     )
     client = clients(rogue.client_factory(timeout=TIMEOUT, retries=0)("alice", address))
     with pytest.raises(WorkerError) as err:
@@ -365,7 +367,7 @@ def test_owner_driven_training_with_token_only(tmp_path, serve):
 
 def _run(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "splitnn.orchestrator.cli", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -389,7 +391,7 @@ def test_train_local_with_mutual_tls_equals_the_plain_run(tmp_path):
     pki = tmp_path / "pki"
     for argv in (["init"], *(["issue", n] for n in (*HOSTS, "orchestrator"))):
         done = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "certs", *argv, "--dir", str(pki)],
+            [sys.executable, "-m", "splitnn.orchestrator.cli", "certs", *argv, "--dir", str(pki)],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -8,9 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from services.segment_host import Limits, SegmentHost
-from splitnn import layers as layer_specs
-from splitnn.datasets import TOY_NAME, Dataset, builtin
+from splitnn.data.datasets import TOY_NAME, Dataset, builtin
 from splitnn.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -19,6 +17,8 @@ from splitnn.errors import (
     NumericalError,
     ResourceExhausted,
 )
+from splitnn.model import layers as layer_specs
+from splitnn.services.segment_host import Limits, SegmentHost
 
 RUN = "run-1"
 SEG0 = [{"type": "Linear", "in_features": 4, "out_features": 3}, {"type": "Tanh"}]

@@ -15,9 +15,9 @@ import grpc
 import pytest
 import torch
 
-from services.driver import Driver
-from services.segment_host import SegmentHost
-from splitnn.channels import create_server
+from splitnn.services.driver import Driver
+from splitnn.services.segment_host import SegmentHost
+from splitnn.transport.channels import create_server
 
 
 def _openmp():

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from services.registration import SERVICE
-from splitnn import codec
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn.channels import MAX_MESSAGE_BYTES, create_channel
-from splitnn.client import WorkerClient, WorkerError
-from splitnn.datasets import TOY_NAME, builtin
+from splitnn.data.datasets import TOY_NAME, builtin
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.services.registration import SERVICE
+from splitnn.transport.channels import MAX_MESSAGE_BYTES, create_channel
+from splitnn.transport.client import WorkerClient, WorkerError
 from splitnn.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
+from splitnn.wire import codec
 from tests.conftest import start_worker
 
 Code = grpc.StatusCode
@@ -404,7 +404,7 @@ def test_row_index_out_of_range_is_invalid_argument(loaded):
 
 
 def test_too_many_pending_batches_is_resource_exhausted():
-    from services.segment_host import Limits
+    from splitnn.services.segment_host import Limits
 
     running, stop = start_worker(limits=Limits(max_pending_batches=1))
     try:

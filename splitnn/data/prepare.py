@@ -1,7 +1,7 @@
 """Write one train and one test ``.npz`` per data owner, plus a ``summary.json``.
 
 Each file holds ``x`` (float32) and ``y`` (int64), written with ``np.savez`` (no pickle), in
-the form a worker's dataset loader reads (``splitnn.datasets.load_npz``).
+the form a worker's dataset loader reads (``splitnn.data.datasets.load_npz``).
 """
 
 from __future__ import annotations

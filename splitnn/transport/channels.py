@@ -6,7 +6,7 @@ from concurrent import futures
 
 import grpc
 
-from splitnn.torch_threads import adopt_torch_threads
+from splitnn.model.threads import adopt_torch_threads
 
 # Tensors are chunked at 1 MiB; a message is a chunk plus a small header.
 MAX_MESSAGE_BYTES = 16 << 20

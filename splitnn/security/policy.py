@@ -193,9 +193,9 @@ class Security:
         credentials and token and expects the worker called NAME to present a
         certificate for NAME (or `server_name`). `client_class` takes PeerSettings
         arguments: WorkerClient (the default) or, for a worker driving the chain from
-        its event loop, splitnn.aio_client.AsyncExchangeClient."""
+        its event loop, splitnn.transport.aio_client.AsyncExchangeClient."""
         if client_class is None:  # imported here: this module stays free of torch
-            from splitnn.client import WorkerClient as client_class
+            from splitnn.transport.client import WorkerClient as client_class
 
         credentials = self.channel_credentials()
         metadata = self.metadata()

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from splitnn import codec
-from splitnn import layers as layer_specs
-from splitnn import optim as optim_specs
-from splitnn.channels import create_channel
 from splitnn.errors import SplitnnError
+from splitnn.model import layers as layer_specs
+from splitnn.model import optim as optim_specs
+from splitnn.transport.channels import create_channel
+from splitnn.transport.watchdog import Watchdog
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
-from splitnn.watchdog import Watchdog
+from splitnn.wire import codec
 
-log = logging.getLogger("splitnn.client")
+log = logging.getLogger("splitnn.transport.client")
 
 DEFAULT_TIMEOUT = 60.0
 _KEEPALIVE = [

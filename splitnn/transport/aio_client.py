@@ -4,7 +4,7 @@ A data owner's worker drives the chain from one event loop (services.driver):
 with grpc.aio, writing an op and reading its answer happen on that loop's
 thread, with no hand-over to gRPC's helper threads as in the blocking API.
 That is worth a tenth of a step on the MLP benchmark. Same ops, same answers
-and same retry rules as splitnn.client.WorkerClient's stream.
+and same retry rules as splitnn.transport.client.WorkerClient's stream.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections import deque
 import grpc
 from grpc import aio
 
-from splitnn import channels
-from splitnn.client import (
+from splitnn.transport import channels
+from splitnn.transport.client import (
     _KEEPALIVE,
     PeerSettings,
     Reply,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from splitnn.losses import loss_kind
+from splitnn.model.losses import loss_kind
 from splitnn.v1 import worker_pb2
 
 
