@@ -6,9 +6,10 @@ import time
 
 import grpc
 
+from splitnn.errors import WorkerError
 from splitnn.model.losses import loss_kind
 from splitnn.training.pipeline import Pipeline, Stage
-from splitnn.transport.client import WorkerClient, WorkerError
+from splitnn.transport.client import WorkerClient
 from splitnn.v1 import worker_pb2
 
 

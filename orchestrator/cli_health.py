@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import HealthError, SplitnnError
 from splitnn.transport.channels import create_channel
 
 PROG = "splitnn health"
@@ -36,17 +36,6 @@ _FINAL_CODES = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
 }
-
-
-class HealthError(SplitnnError):
-    """One or more workers are not healthy; `problems` maps worker name to the reason."""
-
-    def __init__(self, problems: dict[str, str], waited: float):
-        self.problems = dict(problems)
-        self.waited = waited
-        names = ", ".join(sorted(problems))
-        details = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
-        super().__init__(f"worker(s) not healthy after {waited:.1f}s: {names} ({details})")
 
 
 def _status_name(status: int) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from splitnn.errors import InvalidArgument, SplitnnError
+from splitnn.errors import ConfigError, InvalidArgument
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.model.losses import LOSS_KINDS
@@ -34,10 +34,6 @@ _TRAINING_KEYS = {
     "checkpoint_every",
 }
 _WORKER_KEYS = {"address", "data", "server_name"}
-
-
-class ConfigError(SplitnnError):
-    """A config file that cannot be run as written."""
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from splitnn.errors import RunError
 from splitnn.orchestrator.config import Config
-from splitnn.orchestrator.trainer import RunError, Trainer
+from splitnn.orchestrator.trainer import Trainer
 from splitnn.training.pipeline import plan_stages
 
 

@@ -14,13 +14,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import LaunchError
 
 _LISTENING = re.compile(r"listening on (\S+)")
-
-
-class LaunchError(SplitnnError):
-    """A local worker did not start."""
 
 
 @dataclass

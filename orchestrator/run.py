@@ -7,12 +7,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from splitnn.errors import ConfigError, WorkerError
 from splitnn.orchestrator.cli_health import wait_healthy
-from splitnn.orchestrator.config import Config, ConfigError
+from splitnn.orchestrator.config import Config
 from splitnn.orchestrator.local_workers import LocalWorkers
 from splitnn.orchestrator.trainer import Trainer
 from splitnn.security.policy import Security
-from splitnn.transport.client import WorkerClient, WorkerError
+from splitnn.transport.client import WorkerClient
 
 
 def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import RunError, SplitnnError, WorkerError
 from splitnn.model import layers as layer_specs
 from splitnn.orchestrator.batches import drive_batches, relay_batches
 from splitnn.orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
@@ -27,7 +27,7 @@ from splitnn.orchestrator.outputs import (
 from splitnn.orchestrator.results import plot_curves
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
-from splitnn.transport.client import WorkerClient, WorkerError
+from splitnn.transport.client import WorkerClient
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000
@@ -50,10 +50,6 @@ def summarize_eval(loss: str, results) -> dict:
         total = sum(r.loss * r.count for r in results) / rows if rows else 0.0
     correct = sum(r.correct for r in results)
     return {"test_loss": total, "test_accuracy": correct / rows if rows else None}
-
-
-class RunError(SplitnnError):
-    """The run cannot go on; the message names the worker and where it stopped."""
 
 
 # The global RNG is what plain PyTorch code uses to build a model; runs started

@@ -31,7 +31,7 @@ from splitnn.v1 import worker_pb2
 FLUSH_SECONDS = 0.25
 FLUSH_BATCHES = 256
 REMEMBERED_BATCHES = 4096
-REMEMBERED_RUNS = 64
+REMEMBERED_CHAINS = 64
 _END = object()  # the batches of a Drive are all done
 
 
@@ -61,12 +61,14 @@ class Driver:
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One Drive per run at a time: a Drive retried after a lost connection waits
-        # for the one it replaces to stop (between batches) instead of racing it.
-        self._run_locks: dict[str, asyncio.Lock] = {}
-        # Results of recent training batches per run: a Drive retried after a lost
+        # One Drive per chain at a time, a chain being a run's segments as the Drive
+        # names them: a Drive retried after a lost connection waits for the one it
+        # replaces to stop (between batches) instead of racing it, while Drives of one
+        # run over other segments (other owners' copies) go on at the same time.
+        self._chain_locks: dict[tuple, asyncio.Lock] = {}
+        # Results of recent training batches per chain: a Drive retried after a lost
         # connection skips the batches already trained and reports them again.
-        self._done: dict[str, OrderedDict[int, worker_pb2.BatchResult]] = {}
+        self._done: dict[tuple, OrderedDict[int, worker_pb2.BatchResult]] = {}
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -142,16 +144,16 @@ class Driver:
         """The batches of one Drive, on the event loop. DriveResponses, then the end (or
         the error), go to `results`; a response gathers the results of a quarter of a
         second, so the thread streaming them back wakes a few times a second."""
-        async with self._run_lock(request.run_id):
+        async with self._chain_lock(_chain_key(request)):
             await self._run_alone(request, loss_name, results, stop)
 
-    def _run_lock(self, run_id: str) -> asyncio.Lock:
-        lock = self._run_locks.get(run_id)
+    def _chain_lock(self, chain: tuple) -> asyncio.Lock:
+        lock = self._chain_locks.get(chain)
         if lock is None:
-            if len(self._run_locks) >= REMEMBERED_RUNS:  # forget idle runs' locks
-                for old in [k for k, v in self._run_locks.items() if not v.locked()]:
-                    del self._run_locks[old]
-            lock = self._run_locks[run_id] = asyncio.Lock()
+            if len(self._chain_locks) >= REMEMBERED_CHAINS:  # forget idle chains' locks
+                for old in [k for k, v in self._chain_locks.items() if not v.locked()]:
+                    del self._chain_locks[old]
+            lock = self._chain_locks[chain] = asyncio.Lock()
         return lock
 
     async def _run_alone(self, request, loss_name: str, results, stop) -> None:
@@ -183,8 +185,8 @@ class Driver:
 
     async def _run_batches(self, request, pipeline: Pipeline, results, stop) -> None:
         evaluate = request.mode == worker_pb2.FORWARD_MODE_EVAL
-        done = self._done.setdefault(request.run_id, OrderedDict())
-        while len(self._done) > REMEMBERED_RUNS:  # forget the oldest runs
+        done = self._done.setdefault(_chain_key(request), OrderedDict())
+        while len(self._done) > REMEMBERED_CHAINS:  # forget the oldest chains
             self._done.pop(next(iter(self._done)))
         pending = worker_pb2.DriveResponse()
         last_flush = time.monotonic()
@@ -219,6 +221,11 @@ class Driver:
             await asyncio.sleep(0)
         if len(pending.results):
             results.put(pending)
+
+
+def _chain_key(request: worker_pb2.DriveRequest) -> tuple:
+    """The chain a Drive trains: its run and the segments of its stages, in order."""
+    return request.run_id, tuple(i for stage in request.stages for i in stage.segments)
 
 
 def _peer_key(host: str, address: str, server_name: str | None) -> tuple[str, str, str]:

@@ -1,4 +1,4 @@
-"""The client interface of splitnn.transport.client.WorkerClient, served by this process's own host.
+"""An OpStream served by this process's own host.
 
 A worker that drives the chain runs its own stages through this: same ops,
 same code as over the network, but no serialization and no hop.
@@ -10,10 +10,11 @@ from collections import deque
 
 from splitnn.services import ops
 from splitnn.services.segment_host import SegmentHost
-from splitnn.transport.client import Reply
+from splitnn.transport.stream import OrderedStream
+from splitnn.wire.ops import Op, Reply
 
 
-class LocalClient:
+class LocalClient(OrderedStream):
     """Applies ops to a SegmentHost directly; answers come back in order like a stream."""
 
     def __init__(self, host: SegmentHost):
@@ -21,23 +22,15 @@ class LocalClient:
         self.host = host
         self._answers: deque[Reply] = deque()
 
-    def submit(self, kind: str, op, tensor=None, field: str = "") -> None:
+    def submit(self, op: Op) -> None:
         """Apply an op now; its answer waits for receive()."""
-        head, out, _ = ops.apply(kind, self.host, op, tensor)
-        self._answers.append(Reply(head, out))
+        answer = ops.apply(self.host, op)
+        self._answers.append(Reply(answer.head, answer.tensor))
 
     def receive(self) -> Reply:
         """The answer to the oldest op not yet received."""
         return self._answers.popleft()
 
-    def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
-        """Apply an op and return its answer."""
-        self.submit(kind, op, tensor, field)
-        return self.drain()
-
-    def drain(self) -> Reply | None:
-        """Every answer so far; the last one."""
-        reply = None
-        while self._answers:
-            reply = self._answers.popleft()
-        return reply
+    def unanswered(self) -> int:
+        """Answers not yet received."""
+        return len(self._answers)

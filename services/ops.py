@@ -1,85 +1,116 @@
-"""Training-path ops as protobuf requests applied to a SegmentHost.
+"""Training ops applied to a SegmentHost, once each.
 
-Shared by the gRPC servicer (ops from the network) and the in-process client
-a driving worker uses for its own stages, so both paths run the same code.
+Shared by the gRPC servicer (ops from the network) and the in-process client a
+driving worker uses for its own stages, so both paths run the same code. How
+ops become messages is splitnn.wire.ops; this module only applies them.
 """
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
-from splitnn.errors import InvalidArgument
+from splitnn.errors import FailedPrecondition, InvalidArgument
 from splitnn.model.losses import LOSS_NAMES
 from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
+from splitnn.wire.ops import Answer, Op, OpKind
 
 
-def apply_forward(host: SegmentHost, op: worker_pb2.ForwardRequest, tensor: torch.Tensor | None):
-    """Run a ForwardRequest; return (response head, tensor to send back, its field)."""
-    train = op.mode != worker_pb2.FORWARD_MODE_EVAL
-    data = (op.data.dataset, list(op.data.indices)) if op.HasField("data") else None
+def apply_forward(host: SegmentHost, op: Op) -> Answer:
+    """Run a forward op; its answer carries the input gradient after a loss in
+    training, else the output (one tensor at most)."""
+    head = op.head
+    train = head.mode != worker_pb2.FORWARD_MODE_EVAL
+    data = (head.data.dataset, list(head.data.indices)) if head.HasField("data") else None
     loss = None
-    if op.HasField("loss"):
-        name = LOSS_NAMES.get(op.loss.kind)
+    if head.HasField("loss"):
+        name = LOSS_NAMES.get(head.loss.kind)
         if name is None:
-            raise InvalidArgument(f"unknown loss kind {op.loss.kind}")
-        loss = (name, op.loss.dataset, list(op.loss.indices))
+            raise InvalidArgument(f"unknown loss kind {head.loss.kind}")
+        loss = (name, head.loss.dataset, list(head.loss.indices))
     result = host.forward(
-        op.run_id,
-        list(op.segments),
-        op.batch_id,
+        head.run_id,
+        list(head.segments),
+        head.batch_id,
         train=train,
-        input=tensor,
+        input=op.tensor,
         data=data,
         loss=loss,
-        step=op.step,
-        want_output=op.want_output,
+        step=head.step,
+        want_output=head.want_output,
+        micro_batch=head.micro_batch,
     )
-    head = worker_pb2.ForwardResponse(batch_id=op.batch_id)
+    reply = worker_pb2.ForwardResponse(batch_id=head.batch_id, micro_batch=head.micro_batch)
     if result.loss is not None:
-        head.loss.loss, head.loss.correct, head.loss.count = (
+        reply.loss.loss, reply.loss.correct, reply.loss.count = (
             result.loss,
             result.correct,
             result.count,
         )
-    # One tensor at most: the input gradient after a loss in training, else the output.
     if result.input_grad is not None:
-        return head, result.input_grad, "input_grad"
-    return head, result.output, "output"
+        return Answer(reply, result.input_grad, "input_grad")
+    return Answer(reply, result.output, "output")
 
 
-def apply_backward(host: SegmentHost, op: worker_pb2.BackwardRequest, tensor: torch.Tensor | None):
-    """Run a BackwardRequest; return (response head, input gradient or None, its field)."""
-    if tensor is None:
+def apply_backward(host: SegmentHost, op: Op) -> Answer:
+    """Run a backward op; its answer carries the input gradient, if there is one."""
+    head = op.head
+    if op.tensor is None:
         raise InvalidArgument("Backward needs an output gradient")
-    grad = host.backward(op.run_id, list(op.segments), op.batch_id, tensor, op.step)
-    return worker_pb2.BackwardResponse(batch_id=op.batch_id), grad, "input_grad"
+    grad = host.backward(
+        head.run_id, list(head.segments), head.batch_id, op.tensor, head.step, head.micro_batch
+    )
+    reply = worker_pb2.BackwardResponse(batch_id=head.batch_id, micro_batch=head.micro_batch)
+    return Answer(reply, grad, "input_grad")
 
 
-def apply_step(host: SegmentHost, op: worker_pb2.StepRequest, tensor=None):
-    """Run a StepRequest; return (response head, None, "")."""
-    host.step(op.run_id, list(op.segments))
-    return worker_pb2.StepResponse(batch_id=op.batch_id), None, ""
+def apply_step(host: SegmentHost, op: Op) -> Answer:
+    """Run a step op; its answer carries no tensor."""
+    head = op.head
+    host.step(head.run_id, list(head.segments))
+    return Answer(worker_pb2.StepResponse(batch_id=head.batch_id, micro_batch=head.micro_batch))
 
 
-_APPLY = {"forward": apply_forward, "backward": apply_backward, "step": apply_step}
+_APPLY = {OpKind.FORWARD: apply_forward, OpKind.BACKWARD: apply_backward, OpKind.STEP: apply_step}
 
 
-def _replayable(kind: str, op) -> bool:
+def _replayable(op: Op) -> bool:
     # Evaluation keeps no state, so repeating it is harmless; batch id 0 means "no id".
-    if op.batch_id == 0:
+    if op.head.batch_id == 0:
         return False
-    return kind != "forward" or op.mode != worker_pb2.FORWARD_MODE_EVAL
+    return op.kind is not OpKind.FORWARD or op.head.mode != worker_pb2.FORWARD_MODE_EVAL
 
 
-def apply(kind: str, host: SegmentHost, op, tensor=None):
-    """Apply an op once: a repeat of the latest op with the same ids (a retry after a
-    lost answer) gets the stored answer instead of running again."""
-    if not _replayable(kind, op):
-        return _APPLY[kind](host, op, tensor)
-    key = (op.run_id, kind, tuple(op.segments))
-    answer = host.replay.get(key, op.batch_id)
-    if answer is None:
-        answer = _APPLY[kind](host, op, tensor)
-        host.replay.put(key, op.batch_id, answer)
+def fingerprint(op: Op) -> int:
+    """A checksum of an op's whole content (head and tensor bytes): a retry repeats it
+    exactly, so another op under the same OpKey is told apart from a retry."""
+    digest = zlib.crc32(op.head.SerializeToString(deterministic=True))
+    if op.tensor is not None:
+        tensor = op.tensor.detach().contiguous()
+        digest = zlib.crc32(str((tensor.dtype, tuple(tensor.shape))).encode(), digest)
+        if tensor.numel():
+            digest = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), digest)
+    return digest
+
+
+def apply(host: SegmentHost, op: Op) -> Answer:
+    """Apply an op once: a repeat of a recent op with the same OpKey and content (a retry
+    after a lost answer) gets the stored answer instead of running again; an op under a
+    recent OpKey with other content is refused, and changes nothing."""
+    if not _replayable(op):
+        return _APPLY[op.kind](host, op)
+    key, content = op.key, fingerprint(op)
+    stored = host.replay.get(key)
+    if stored is not None:
+        stored_content, answer = stored
+        if stored_content != content:
+            raise FailedPrecondition(
+                f"batch {key.batch_id}: a {op.kind.value} op with this id through segments "
+                f"{list(key.segments)} was already applied, with other content"
+            )
+        return answer
+    answer = _APPLY[op.kind](host, op)
+    host.replay.put(key, (content, answer))
     return answer

@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from splitnn.data.datasets import Dataset
 from splitnn.errors import (
@@ -25,79 +24,31 @@ from splitnn.errors import (
 )
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
-from splitnn.model.losses import compute_loss, count_correct
+from splitnn.model.losses import count_correct
+from splitnn.services.chain import (
+    OwedWork,
+    all_finite,
+    apply_chain,
+    backward_chain,
+    chain_loss,
+    check_run_id,
+    load_state,
+    restore_buffers,
+    restore_grads,
+    snapshot_buffers,
+    snapshot_grads,
+    step_chain,
+)
 from splitnn.services.replay import ReplayCache
-
-
-@dataclass
-class Limits:
-    """Caps that keep one caller from exhausting the worker."""
-
-    max_segments: int = 64
-    max_parameters: int = layer_specs.DEFAULT_MAX_PARAMETERS
-    max_pending_batches: int = 64
-    max_tensor_bytes: int = 1 << 30
-
-
-@dataclass
-class Segment:
-    """One hosted segment of a run's chain, with its own optimizer."""
-
-    run_id: str
-    index: int
-    layers: list
-    optimizer_spec: dict
-    module: nn.Sequential
-    optimizer: torch.optim.Optimizer
-
-    def __post_init__(self):
-        # Fixed once built (loading state copies into these tensors), and walked on
-        # every op: listed once rather than by module recursion per batch.
-        self.parameters = list(self.module.parameters())
-        self.buffers = list(self.module.buffers())
-        self.dtype = self.parameters[0].dtype if self.parameters else torch.float32
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters)
-
-
-@dataclass
-class PendingBatch:
-    """What Backward needs from a Forward: the input leaf and the output."""
-
-    input: torch.Tensor
-    output: torch.Tensor
-    # The chain's buffers (running statistics) from before this Forward, to undo it.
-    buffers: list | None = None
-
-
-@dataclass
-class OwedWork:
-    """Work a backward pass put off until its answer was out: the parameter gradients
-    (backpropagating `output` once more, from `grad`), then the optimizers' step."""
-
-    chain: list
-    params: list
-    output: torch.Tensor
-    grad: torch.Tensor | None
-    step: bool = False
-
-    def pay(self) -> None:
-        torch.autograd.backward(self.output, self.grad, inputs=self.params)
-        if self.step:
-            _step(self.chain)
-
-
-@dataclass
-class ForwardResult:
-    """What a forward call gives back: output, or input gradient and loss."""
-
-    output: torch.Tensor | None = None
-    input_grad: torch.Tensor | None = None
-    loss: float | None = None
-    correct: int = 0
-    count: int = 0
+from splitnn.services.segment import (
+    BatchKey,
+    ForwardResult,
+    Limits,
+    PendingBatch,
+    Segment,
+    batch_name,
+)
+from splitnn.wire.ops import OpKey, OpKind
 
 
 @dataclass
@@ -113,9 +64,10 @@ class SegmentHost:
         self._pending: dict[tuple, PendingBatch] = {}
         self._lock = threading.RLock()
         # Parameter gradients and steps that backward passes put off until their input
-        # gradient was out, by (run, segments). Any other use of those segments pays
-        # them first; the handler that answered pays them otherwise (see settle).
-        self._owed: dict[tuple[str, tuple[int, ...]], OwedWork] = {}
+        # gradient was out, by (run, segments, batch id, micro-batch), paid in the order
+        # they were owed. Any other use of those segments pays them first; the handler
+        # that answered pays them otherwise (see settle).
+        self._owed: dict[BatchKey, OwedWork] = {}
         self.replay = ReplayCache()
 
     # ---- loading, export, drop -------------------------------------------------
@@ -130,7 +82,7 @@ class SegmentHost:
         replace: bool = False,
     ) -> Segment:
         """Build a segment from its spec and state; nothing changes if any part is bad."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         where = f"segment {index}"
         layer_specs.validate_spec(layers, where)
         optimizer_spec = optim_specs.normalize(optimizer_spec, f"{where}.optimizer")
@@ -144,7 +96,7 @@ class SegmentHost:
             [{"params": list(module.parameters())}], optimizer_spec
         )
         if state:
-            _load_state(module, optimizer, state, where)
+            load_state(module, optimizer, state, where)
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
             self._check_slot(key, replace)  # again: another load may have won meanwhile
@@ -199,7 +151,8 @@ class SegmentHost:
             return sum(1 for key in self._pending if key[0] == run_id and index in key[1])
 
     def pending_batches(self, run_id: str) -> set[tuple]:
-        """Keys (run, segments, batch id) of the run's batches awaiting Backward."""
+        """Keys (run, segments, batch id, micro-batch) of the run's batches awaiting
+        Backward."""
         with self._lock:
             return {key for key in self._pending if key[0] == run_id}
 
@@ -214,8 +167,8 @@ class SegmentHost:
                 pending = self._pending.pop(key)
                 chain = [self._segments.get((run_id, i)) for i in key[1]]
                 if pending.buffers is not None and None not in chain:
-                    _restore_buffers(chain, pending.buffers)
-                self.replay.forget((run_id, "forward", key[1]), key[2])
+                    restore_buffers(chain, pending.buffers)
+                self.replay.forget(OpKey(run_id, OpKind.FORWARD, *key[1:]))
 
     # ---- the training path -----------------------------------------------------
 
@@ -231,16 +184,17 @@ class SegmentHost:
         loss: tuple[str, str, list[int]] | None = None,
         step: bool = False,
         want_output: bool = False,
+        micro_batch: int = 0,
     ) -> ForwardResult:
         """Run consecutive segments forward. With `loss`, also compute the loss against
         this worker's labels and backpropagate (and step, if asked) in the same call."""
         with self._lock:
             chain = self._chain(run_id, indices)
-            key = (run_id, tuple(indices), batch_id)
+            key = (run_id, tuple(indices), batch_id, micro_batch)
             if train and loss is None:
                 if key in self._pending:
                     raise FailedPrecondition(
-                        f"batch {batch_id} is already in flight through segments {indices}"
+                        f"batch {batch_name(key)} is already in flight through segments {indices}"
                     )
                 if len(self._pending) >= self.limits.max_pending_batches:
                     raise ResourceExhausted(
@@ -248,18 +202,18 @@ class SegmentHost:
                     )
             x = self._forward_input(chain, input, data)
             target = self._labels(loss, x.shape[0]) if loss is not None else None
-            saved = _snapshot_buffers(chain)
+            saved = snapshot_buffers(chain)
             # Only a training forward with a loss touches gradients before it can fail;
             # gradients accumulated by earlier batches must survive a refused one.
-            grads = _snapshot_grads(chain) if train and loss is not None else None
+            grads = snapshot_grads(chain) if train and loss is not None else None
             try:
                 result = self._run_forward(
                     chain, key, x, data is None, train, target, loss, step, want_output
                 )
             except Exception:
-                _restore_buffers(chain, saved)
+                restore_buffers(chain, saved)
                 if grads is not None:
-                    _restore_grads(chain, grads)
+                    restore_grads(chain, grads)
                 raise
             if train and loss is None:
                 self._pending[key].buffers = saved
@@ -271,34 +225,34 @@ class SegmentHost:
                 segment.module.train(train)
         if not train:
             with torch.no_grad():
-                out = _apply(chain, x)
+                out = apply_chain(chain, x)
             result = ForwardResult(output=out if want_output or loss is None else None)
             if loss is not None:
                 loss_name, _, _ = loss
-                value = _loss(loss_name, out, target)
+                value = chain_loss(loss_name, out, target)
                 result.loss = float(value)
                 result.correct = count_correct(loss_name, out, target)
                 result.count = int(out.shape[0])
             return result
         leaf = x.detach().requires_grad_(needs_input_grad)
-        out = _apply(chain, leaf)
+        out = apply_chain(chain, leaf)
         if loss is None:
             self._pending[key] = PendingBatch(leaf, out)
             return ForwardResult(output=out.detach())
         loss_name, _, _ = loss
-        value = _loss(loss_name, out, target)
+        value = chain_loss(loss_name, out, target)
         loss_value = value.item()
         if not math.isfinite(loss_value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
         # The input gradient first; the parameters' wait until it is out (settle).
         leaf = leaf if needs_input_grad else None
-        grad, owed = _backward(chain, out=value, grad=None, leaf=leaf, defer=not step)
+        grad, owed = backward_chain(chain, out=value, grad=None, leaf=leaf, defer=not step)
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if owed is not None:
-            self._owed[(key[0], key[1])] = owed
+            self._owed[key] = owed
         if step:
-            _step(chain)
+            step_chain(chain)
         return ForwardResult(
             input_grad=grad,
             loss=loss_value,
@@ -307,16 +261,23 @@ class SegmentHost:
         )
 
     def backward(
-        self, run_id: str, indices: list[int], batch_id: int, output_grad: torch.Tensor, step: bool
+        self,
+        run_id: str,
+        indices: list[int],
+        batch_id: int,
+        output_grad: torch.Tensor,
+        step: bool,
+        micro_batch: int = 0,
     ) -> torch.Tensor | None:
         """Backpropagate `output_grad` through the segments of an earlier Forward."""
         with self._lock:
             chain = self._chain(run_id, indices)
-            key = (run_id, tuple(indices), batch_id)
+            key = (run_id, tuple(indices), batch_id, micro_batch)
             pending = self._pending.get(key)
             if pending is None:
                 raise FailedPrecondition(
-                    f"no Forward of batch {batch_id} through segments {indices} awaits Backward"
+                    f"no Forward of batch {batch_name(key)} through segments {indices} "
+                    "awaits Backward"
                 )
             if output_grad.dtype != pending.output.dtype:
                 raise InvalidArgument(
@@ -329,18 +290,18 @@ class SegmentHost:
                     f"{list(pending.output.shape)}"
                 )
             if not all_finite(output_grad):
-                raise NumericalError(f"gradient for batch {batch_id} holds NaN or Inf")
+                raise NumericalError(f"gradient for batch {batch_name(key)} holds NaN or Inf")
             input_grad, owed = None, None
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
                 leaf = pending.input if pending.input.requires_grad else None
-                input_grad, owed = _backward(
+                input_grad, owed = backward_chain(
                     chain, pending.output, output_grad, leaf, defer=True, step=step
                 )
             del self._pending[key]
             if owed is not None:
-                self._owed[(run_id, tuple(indices))] = owed
+                self._owed[key] = owed
             elif step:
-                _step(chain)
+                step_chain(chain)
             return input_grad
 
     def settle(self, run_id: str, indices) -> None:
@@ -358,7 +319,7 @@ class SegmentHost:
             return
         wanted = set(indices)
         for key in [k for k in self._owed if k[0] == run_id and wanted.intersection(k[1])]:
-            self._owed.pop(key).pay()
+            self._owed.pop(key).pay()  # in the order owed: the same sums as one pass
 
     def step(self, run_id: str, indices: list[int]) -> None:
         """Apply each segment's optimizer to its accumulated gradients."""
@@ -368,7 +329,7 @@ class SegmentHost:
                 raise FailedPrecondition(
                     f"segments {indices} still await Backward; Step would use partial gradients"
                 )
-            _step(chain)
+            step_chain(chain)
 
     def has_pending(self, run_id: str, indices: list[int]) -> bool:
         """True while a batch through any of these segments awaits Backward."""
@@ -384,7 +345,7 @@ class SegmentHost:
         return segment
 
     def _chain(self, run_id: str, indices: list[int]) -> list[Segment]:
-        _check_run_id(run_id)
+        check_run_id(run_id)
         self._pay_owed(run_id, indices)
         if not indices:
             raise InvalidArgument("no segments named")
@@ -424,108 +385,3 @@ class SegmentHost:
     def _drop_pending(self, run_id: str, index: int) -> None:
         for key in [k for k in self._pending if k[0] == run_id and index in k[1]]:
             del self._pending[key]
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """True when no element is NaN or Inf: one reduction instead of a mask (NaN and Inf
-    propagate through a sum; only a sum past 1e308 of finite values reads as Inf)."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
-
-
-def _check_run_id(run_id: str) -> None:
-    if not run_id or len(run_id) > 128:
-        raise InvalidArgument("run_id must be 1 to 128 characters")
-
-
-def _apply(chain: list[Segment], x: torch.Tensor) -> torch.Tensor:
-    try:
-        for segment in chain:
-            x = segment.module(x)
-    except (RuntimeError, ValueError, IndexError) as err:
-        raise InvalidArgument(f"segment {segment.index} cannot take this input: {err}") from None
-    return x
-
-
-def _loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    try:
-        return compute_loss(name, output, target)
-    except (RuntimeError, ValueError) as err:  # e.g. bce of an output outside [0, 1] (NaN)
-        raise InvalidArgument(f"{name} cannot take this output: {err}") from None
-
-
-def _backward(chain, out, grad, leaf, defer: bool, step: bool = False):
-    """Backpropagate `grad` (None for a scalar loss) from `out`. Returns (gradient of
-    `leaf`, work owed). With `defer` and both a leaf and trainable parameters, only the
-    leaf's gradient is computed now: the parameters' gradients (and the `step`) are
-    owed (OwedWork), so the next host need not wait for them; otherwise the caller
-    steps. Either way each gradient comes from the same kernels on the same values,
-    hence the same floats."""
-    params = [p for segment in chain for p in segment.parameters if p.requires_grad]
-    if leaf is None:
-        out.backward(grad)
-        return None, None
-    if not (defer and params):
-        out.backward(grad)
-        return leaf.grad, None
-    (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
-    return leaf_grad, OwedWork(chain, params, out, grad, step)
-
-
-def _step(chain: list[Segment]) -> None:
-    for segment in chain:
-        if not segment.parameters:  # nothing to update; skip the optimizer's overhead
-            continue
-        segment.optimizer.step()
-        for param in segment.parameters:  # zero_grad(set_to_none=True), minus its hooks
-            param.grad = None
-
-
-def _snapshot_buffers(chain: list[Segment]):
-    return [[b.detach().clone() for b in s.buffers] for s in chain]
-
-
-def _snapshot_grads(chain: list[Segment]):
-    return [
-        [None if p.grad is None else p.grad.detach().clone() for p in s.parameters] for s in chain
-    ]
-
-
-def _restore_grads(chain: list[Segment], saved) -> None:
-    for segment, grads in zip(chain, saved, strict=True):
-        for param, grad in zip(segment.parameters, grads, strict=True):
-            param.grad = grad
-
-
-def _restore_buffers(chain: list[Segment], saved) -> None:
-    with torch.no_grad():
-        for segment, buffers in zip(chain, saved, strict=True):
-            for buffer, value in zip(segment.buffers, buffers, strict=True):
-                buffer.copy_(value)
-
-
-def _load_state(module: nn.Module, optimizer, state: dict[str, torch.Tensor], where: str) -> None:
-    model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
-    optim_state = {k[6:]: v for k, v in state.items() if k.startswith("optim.")}
-    unknown = [k for k in state if not k.startswith(("model.", "optim."))]
-    if unknown:
-        raise InvalidArgument(f"{where}: unknown state entries {unknown[:3]}")
-    expected = module.state_dict()
-    for name, value in model_state.items():
-        if name in expected and (
-            value.shape != expected[name].shape or value.dtype != expected[name].dtype
-        ):
-            raise InvalidArgument(
-                f"{where}: state {name} has shape {list(value.shape)} {value.dtype}, expected "
-                f"{list(expected[name].shape)} {expected[name].dtype}"
-            )
-    try:
-        module.load_state_dict(model_state, strict=True)
-    except RuntimeError as err:
-        raise InvalidArgument(f"{where}: weights do not fit the spec: {err}") from None
-    if optim_state:
-        try:
-            optim_specs.import_state(optimizer, optim_state)
-        except InvalidArgument as err:
-            raise InvalidArgument(f"{where}: {err}") from None

@@ -1,6 +1,7 @@
 """gRPC adapter over SegmentHost: decode requests, call the host, encode answers.
 
-The only place where domain errors become status codes (see STATUS_CODES).
+The only place where domain errors become status codes, by the one table beside
+them (splitnn.errors.STATUS_CODES).
 """
 
 from __future__ import annotations
@@ -10,46 +11,17 @@ import logging
 
 import grpc
 
-from splitnn.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    NumericalError,
-    PermissionDenied,
-    ResourceExhausted,
-    SplitnnError,
-    Unauthenticated,
-)
+from splitnn.errors import InvalidArgument, SplitnnError, WorkerError, status_code
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.services import ops
 from splitnn.services.driver import Driver
 from splitnn.services.segment_host import SegmentHost
-from splitnn.transport.client import WorkerError
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 from splitnn.wire import codec
+from splitnn.wire.ops import Op, OpKind, ops_from_proto, reply_to_proto, unwrap_exchange
 
 log = logging.getLogger("splitnn.worker")
-
-STATUS_CODES = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    NumericalError: grpc.StatusCode.FAILED_PRECONDITION,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-}
-
-
-def status_code(err: Exception) -> grpc.StatusCode:
-    """The status code a domain error maps to (INTERNAL for anything unexpected)."""
-    for kind in type(err).__mro__:
-        if kind in STATUS_CODES:
-            return STATUS_CODES[kind]
-    return grpc.StatusCode.INTERNAL
 
 
 @contextlib.contextmanager
@@ -69,56 +41,6 @@ def _errors_to_status(context: grpc.ServicerContext):
             raise
         log.exception("unexpected error")
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
-
-
-def _ops(requests, unwrap, max_bytes):
-    """Group a request stream into whole ops, assembling chunked tensors.
-
-    `unwrap(msg)` gives (op, tensor field name or None). A tensor split into n
-    chunks arrives as n messages of the same op kind, the first with all fields.
-    """
-    head, field, assembler = None, None, None
-    for message in requests:
-        op, tensor_field = unwrap(message)
-        if head is None:
-            if tensor_field is None or not op.HasField(tensor_field):
-                yield op, None
-                continue
-            head, field, assembler = op, tensor_field, codec.TensorAssembler(max_bytes)
-        elif type(op) is not type(head) or not op.HasField(field):
-            raise InvalidArgument("a new op arrived before the previous tensor's last chunk")
-        tensor = assembler.add(getattr(op, field))
-        if tensor is not None:
-            yield head, tensor
-            head = None
-    if head is not None:
-        raise InvalidArgument("stream ended before the tensor's last chunk")
-
-
-def _unwrap_forward(msg):
-    return msg, "input"
-
-
-def _unwrap_backward(msg):
-    return msg, "output_grad"
-
-
-def _unwrap_exchange(msg):
-    which = msg.WhichOneof("op")
-    if which == "forward":
-        return msg.forward, "input"
-    if which == "backward":
-        return msg.backward, "output_grad"
-    if which == "step":
-        return msg.step, None
-    raise InvalidArgument("Exchange message carries no op")
-
-
-_KIND_OF = {
-    worker_pb2.ForwardRequest: "forward",
-    worker_pb2.BackwardRequest: "backward",
-    worker_pb2.StepRequest: "step",
-}
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -204,57 +126,37 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Forward(self, request_iterator, context):
         with _errors_to_status(context):
-            yield from self._serve("forward", request_iterator, _unwrap_forward)
+            yield from self._serve(self._count_in(request_iterator), OpKind.FORWARD)
 
     def Backward(self, request_iterator, context):
         with _errors_to_status(context):
-            yield from self._serve("backward", request_iterator, _unwrap_backward)
+            yield from self._serve(self._count_in(request_iterator), OpKind.BACKWARD)
 
     def Step(self, request, context):
         with _errors_to_status(context):
-            head, _, _ = ops.apply("step", self.host, request)
-            return head
+            return ops.apply(self.host, Op(OpKind.STEP, request)).head
 
     def Exchange(self, request_iterator, context):
         with _errors_to_status(context):
-            yield from self._serve(None, request_iterator, _unwrap_exchange)
+            heads = (unwrap_exchange(m) for m in self._count_in(request_iterator))
+            yield from self._serve(heads, None)
 
-    def _serve(self, kind: str | None, request_iterator, unwrap):
-        """Apply a stream's ops in order and answer each (inside ExchangeResponses when
-        `kind` is None). A backward pass sends its input gradient first: the work it put
-        off (parameter gradients, step) runs once the answer is out, while the next
-        host works; the stream's next op waits for it."""
+    def _serve(self, heads, kind: OpKind | None):
+        """Apply a stream's ops in order and answer each: inside ExchangeResponses when
+        `kind` is None (Exchange), else as bare responses of that kind. A backward pass
+        sends its input gradient first: the work it put off (parameter gradients,
+        step) runs once the answer is out, while the next host works; the stream's
+        next op waits for it."""
         max_bytes = self.host.limits.max_tensor_bytes
-        for op, tensor in _ops(self._count_in(request_iterator), unwrap, max_bytes):
-            op_kind = kind or _KIND_OF[type(op)]
-            answer = ops.apply(op_kind, self.host, op, tensor)
+        for op in ops_from_proto(heads, max_bytes, kind):
+            answer = ops.apply(self.host, op)
             try:
-                yield from self._answer(answer, wrap_as=None if kind else op_kind)
+                for message in reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None):
+                    self.bytes_sent += message.ByteSize()
+                    yield message
             finally:
-                self.host.settle(op.run_id, op.segments)
+                self.host.settle(op.head.run_id, op.head.segments)
 
     def Drive(self, request, context):
         with _errors_to_status(context):
             yield from self.driver.drive(request, context)
-
-    def _answer(self, answer, wrap_as: str | None = None):
-        """Response messages for an applied op: the head, then the tensor in chunks;
-        with `wrap_as`, each inside an ExchangeResponse under that op kind. Built in
-        place, so the head (which the replay cache may hold) is never modified and the
-        tensor's bytes are copied once."""
-        head, tensor, field = answer
-        chunks = [None] if tensor is None else codec.encode(tensor, self.chunk_bytes)
-        for i, chunk in enumerate(chunks):
-            if wrap_as is None:
-                message = part = type(head)()
-            else:
-                message = worker_pb2.ExchangeResponse()
-                part = getattr(message, wrap_as)
-            if i == 0:
-                part.CopyFrom(head)
-            else:
-                part.batch_id = head.batch_id
-            if chunk is not None:
-                getattr(part, field).CopyFrom(chunk)
-            self.bytes_sent += message.ByteSize()
-            yield message

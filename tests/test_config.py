@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from splitnn.orchestrator.config import ConfigError, load_config
+from splitnn.errors import ConfigError
+from splitnn.orchestrator.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "examples" / "seed.toml").read_text()

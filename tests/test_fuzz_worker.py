@@ -495,6 +495,9 @@ def forward_ops(draw, defect: str | None = None) -> list:
         del op.segments[:]
         op.segments.append(0)
         op.ClearField("loss")
+        # Not a retry of the pending Forward (which asked for no output): another op
+        # under its id.
+        op.want_output = True
     elif defect == "loss_kind":
         op.loss.kind = draw(BAD_LOSS)
     elif defect == "loss_dataset":

@@ -12,8 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from splitnn.errors import HealthError
 from splitnn.orchestrator import cli
-from splitnn.orchestrator.cli_health import HealthError, check_health, wait_healthy
+from splitnn.orchestrator.cli_health import check_health, wait_healthy
 from splitnn.services import server as worker_server
 from splitnn.services.health import add_health_and_reflection
 from splitnn.transport.channels import create_channel, create_server

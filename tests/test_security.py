@@ -20,15 +20,15 @@ import torch
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import SecurityError, SplitnnError, WorkerError
 from splitnn.orchestrator.cli import main as splitnn_main
 from splitnn.orchestrator.config import load_config
 from splitnn.orchestrator.reference import load_model_file, max_weight_difference, train_reference
 from splitnn.orchestrator.run import connected_workers, train
 from splitnn.security import certs
-from splitnn.security.policy import Security, SecurityError, is_loopback
+from splitnn.security.policy import Security, is_loopback
 from splitnn.services.server import build, parse_args
-from splitnn.transport.client import WorkerClient, WorkerError
+from splitnn.transport.client import WorkerClient
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent

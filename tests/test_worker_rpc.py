@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from splitnn.data.datasets import TOY_NAME, builtin
+from splitnn.errors import WorkerError
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.services.registration import SERVICE
 from splitnn.transport.channels import MAX_MESSAGE_BYTES, create_channel
-from splitnn.transport.client import WorkerClient, WorkerError
+from splitnn.transport.client import WorkerClient
 from splitnn.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
 from splitnn.wire import codec
+from splitnn.wire.ops import Op, OpKind
 from tests.conftest import start_worker
 
 Code = grpc.StatusCode
@@ -565,8 +567,8 @@ def test_worker_client_recovers_after_a_refused_exchange_op(loaded):
     client = WorkerClient("alice", loaded.address, timeout=TIMEOUT)
     try:
         with pytest.raises(WorkerError) as info:
-            client.call("forward", forward_op([0]), torch.zeros(2, 5), "input")
-        reply = client.call("forward", forward_op([0], batch_id=2), torch.zeros(2, 4), "input")
+            client.call(Op(OpKind.FORWARD, forward_op([0]), torch.zeros(2, 5)))
+        reply = client.call(Op(OpKind.FORWARD, forward_op([0], batch_id=2), torch.zeros(2, 4)))
     finally:
         client.close()
 
@@ -600,12 +602,13 @@ def test_big_tensor_through_exchange_with_worker_client_comes_back_equal(identit
     big, grad = torch.randn(BIG_SHAPE), torch.randn(BIG_SHAPE)
     client = WorkerClient("alice", identity_worker.address, timeout=TIMEOUT)
     try:
-        out = client.call("forward", forward_op([0], batch_id=1), big, "input")
+        out = client.call(Op(OpKind.FORWARD, forward_op([0], batch_id=1), big))
         back = client.call(
-            "backward",
-            worker_pb2.BackwardRequest(run_id=RUN, segments=[0], batch_id=1, step=True),
-            grad,
-            "output_grad",
+            Op(
+                OpKind.BACKWARD,
+                worker_pb2.BackwardRequest(run_id=RUN, segments=[0], batch_id=1, step=True),
+                grad,
+            )
         )
     finally:
         client.close()

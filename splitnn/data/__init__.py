@@ -4,6 +4,7 @@ owners (``partition``), and the step that writes one train and one test ``.npz``
 ``from splitnn.data.prepare import prepare``, ``from splitnn.data.partition import partition``.
 """
 
-from splitnn.data.readers import DataError, Dataset, Split, load_source, parse_source
+from splitnn.data.readers import Dataset, Split, load_source, parse_source
+from splitnn.errors import DataError
 
 __all__ = ["DataError", "Dataset", "Split", "load_source", "parse_source"]

@@ -10,6 +10,8 @@ Schemes (see :func:`partition`):
 
 from __future__ import annotations
 
+from splitnn.errors import DataError
+
 import math
 from dataclasses import dataclass
 
@@ -38,27 +40,27 @@ def parse_scheme(text: str) -> Scheme:
     if low.startswith("dirichlet"):
         _, sep, value = raw.partition(":")
         if not sep or not value.strip():
-            raise ValueError("partition 'dirichlet' needs a concentration: write dirichlet:ALPHA")
+            raise DataError("partition 'dirichlet' needs a concentration: write dirichlet:ALPHA")
         try:
             alpha = float(value)
         except ValueError:
-            raise ValueError(f"dirichlet ALPHA must be a number, got {value.strip()!r}") from None
+            raise DataError(f"dirichlet ALPHA must be a number, got {value.strip()!r}") from None
         if not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"dirichlet ALPHA must be a positive finite number, got {alpha}")
+            raise DataError(f"dirichlet ALPHA must be a positive finite number, got {alpha}")
         return Scheme("dirichlet", alpha)
-    raise ValueError(f"unknown partition {raw!r}; expected one of: {', '.join(SCHEMES)}")
+    raise DataError(f"unknown partition {raw!r}; expected one of: {', '.join(SCHEMES)}")
 
 
 def _check_owners(owners: list[str]) -> list[str]:
     owners = list(owners)
     if not owners:
-        raise ValueError("need at least one owner")
+        raise DataError("need at least one owner")
     for o in owners:
         if not isinstance(o, str) or not o:
-            raise ValueError(f"owner names must be non-empty strings, got {o!r}")
+            raise DataError(f"owner names must be non-empty strings, got {o!r}")
     dupes = sorted({o for o in owners if owners.count(o) > 1})
     if dupes:
-        raise ValueError(f"owner names must be unique; repeated: {', '.join(dupes)}")
+        raise DataError(f"owner names must be unique; repeated: {', '.join(dupes)}")
     return owners
 
 
@@ -79,7 +81,7 @@ def partition(
     owners = _check_owners(owners)
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+        raise DataError(f"labels must be 1-D, got shape {labels.shape}")
     spec = parse_scheme(scheme) if isinstance(scheme, str) else scheme
     rng = np.random.default_rng(seed)
     if spec.kind == "iid":
@@ -89,7 +91,7 @@ def partition(
     elif spec.kind == "dirichlet":
         shards = _dirichlet(labels, len(owners), spec.alpha, rng)
     else:  # pragma: no cover - parse_scheme only makes the three kinds
-        raise ValueError(f"unknown partition kind {spec.kind!r}")
+        raise DataError(f"unknown partition kind {spec.kind!r}")
     return {o: np.sort(np.asarray(s, dtype=np.int64)) for o, s in zip(owners, shards, strict=True)}
 
 
@@ -97,9 +99,9 @@ def _by_label(labels: np.ndarray, k: int, classes: np.ndarray | None) -> list[np
     classes = np.unique(labels) if classes is None else np.unique(np.asarray(classes))
     missing = np.setdiff1d(np.unique(labels), classes)
     if missing.size:
-        raise ValueError(f"labels hold classes not in the class list: {missing.tolist()}")
+        raise DataError(f"labels hold classes not in the class list: {missing.tolist()}")
     if labels.size and classes.size < k:
-        raise ValueError(
+        raise DataError(
             f"by-label needs at least as many classes as owners: {classes.size} classes, {k} owners"
         )
     shards = []

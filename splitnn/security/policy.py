@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import SecurityError
 
 log = logging.getLogger("splitnn.security")
 
@@ -29,10 +29,6 @@ BEARER = "Bearer "
 # Methods answered without a token: the standard health probe says only "up", and
 # container health checks run it without secrets. TLS, when on, still applies.
 TOKEN_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-class SecurityError(SplitnnError):
-    """Security settings that cannot be used as given."""
 
 
 def read_token(path: Path | str) -> str:

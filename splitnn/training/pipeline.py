@@ -5,18 +5,37 @@ go forward stage by stage; the last stage, at the data owner, computes the loss
 against its own labels, backpropagates and steps; gradients then go back stage
 by stage, each stage stepping its optimizers right after its backward pass.
 
-The steps are written once, as plans that yield the client calls they need;
-the same plan runs on blocking clients (the orchestrator relaying tensors) or
-on an event loop with async clients (a data owner's worker driving the chain).
+The steps are written once, as plans that yield the OpStream calls they need
+(a Call, a host, and the op); the same plan runs on blocking streams (the
+orchestrator relaying tensors) or on an event loop with async ones (a data
+owner's worker driving the chain).
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from splitnn.model.losses import loss_kind
+from splitnn.transport.stream import AsyncOpStream, OpStream
 from splitnn.v1 import worker_pb2
+from splitnn.wire.ops import Op, OpKind, Reply
+
+
+class Call(enum.Enum):
+    """What a plan asks of a host's OpStream."""
+
+    SUBMIT = "submit"  # send an op; its answer is read later
+    CALL = "call"  # send an op and wait for its answer
+    DRAIN = "drain"  # wait for every answer owed; the last one
+
+
+# What a plan yields: the call, the host, and the op (None for DRAIN).
+PlanStep = tuple[Call, str, Op | None]
+Plan = Generator[PlanStep, Reply | None, Any]
 
 
 @dataclass(frozen=True)
@@ -47,12 +66,29 @@ class StepResult:
     count: int
 
 
+def _start(stream, call: Call, op: Op | None):
+    """One plan step on a stream: its reply, or an awaitable of it."""
+    if call is Call.SUBMIT:
+        assert op is not None
+        return stream.submit(op)
+    if call is Call.CALL:
+        assert op is not None
+        return stream.call(op)
+    return stream.drain()
+
+
 class Pipeline:
     """Drives batches through the stages of one owner's placement. `clients` maps each
-    host to a client with submit/call/drain: WorkerClient, or on an event loop
-    AsyncExchangeClient and the driving worker's LocalClient."""
+    host to its OpStream: WorkerClients, or on an event loop AsyncExchangeClients and
+    the driving worker's LocalClient."""
 
-    def __init__(self, clients: dict, run_id: str, stages: list[Stage], loss: str):
+    def __init__(
+        self,
+        clients: Mapping[str, OpStream | AsyncOpStream],
+        run_id: str,
+        stages: list[Stage],
+        loss: str,
+    ):
         self.clients = clients
         self.run_id = run_id
         self.stages = stages
@@ -87,7 +123,7 @@ class Pipeline:
                 op.loss.dataset = dataset
                 op.loss.indices.extend(rows)
                 op.step = step
-            reply = yield "call", stage.host, ("forward", op, activation, "input")
+            reply = yield Call.CALL, stage.host, Op(OpKind.FORWARD, op, activation)
             activation = reply.tensor
         return reply
 
@@ -121,25 +157,25 @@ class Pipeline:
         """flush on an event loop."""
         await self._run_async(self._flush())
 
-    def _run(self, plan):
-        """Carry out a plan's calls on blocking clients; return what the plan returns."""
+    def _run(self, plan: Plan):
+        """Carry out a plan's calls on blocking streams; return what the plan returns."""
         reply = None
         while True:
             try:
-                what, host, args = plan.send(reply)
+                call, host, op = plan.send(reply)
             except StopIteration as done:
                 return done.value
-            reply = getattr(self.clients[host], what)(*args)
+            reply = _start(self.clients[host], call, op)
 
-    async def _run_async(self, plan):
-        """Carry out a plan's calls, awaiting those that are coroutines."""
+    async def _run_async(self, plan: Plan):
+        """Carry out a plan's calls, awaiting those of event-loop streams."""
         reply = None
         while True:
             try:
-                what, host, args = plan.send(reply)
+                call, host, op = plan.send(reply)
             except StopIteration as done:
                 return done.value
-            reply = getattr(self.clients[host], what)(*args)
+            reply = _start(self.clients[host], call, op)
             if inspect.isawaitable(reply):
                 reply = await reply
 
@@ -157,15 +193,15 @@ class Pipeline:
             op = worker_pb2.BackwardRequest(
                 run_id=run, segments=stage.segments, batch_id=batch_id, step=True
             )
-            yield "submit", stage.host, ("backward", op, grad, "output_grad")
+            yield Call.SUBMIT, stage.host, Op(OpKind.BACKWARD, op, grad)
             if owed is not None:
                 step = worker_pb2.StepRequest(run_id=run, segments=owed.segments, batch_id=batch_id)
-                yield "submit", owed.host, ("step", step)
+                yield Call.SUBMIT, owed.host, Op(OpKind.STEP, step)
                 owed = None
             # Nothing flows back from the first stage: do not wait for its answer; the
             # stream keeps it ordered before this worker's next op.
             if i > 0:
-                grad = (yield "drain", stage.host, ()).tensor
+                grad = (yield Call.DRAIN, stage.host, None).tensor
         return StepResult(loss.loss, loss.correct, loss.count)
 
     def _evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]):
@@ -176,4 +212,4 @@ class Pipeline:
 
     def _flush(self):
         for stage in self.stages:
-            yield "drain", stage.host, ()
+            yield Call.DRAIN, stage.host, None

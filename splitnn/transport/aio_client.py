@@ -16,16 +16,12 @@ from collections import deque
 import grpc
 from grpc import aio
 
+from splitnn.errors import WorkerError
 from splitnn.transport import channels
-from splitnn.transport.client import (
-    _KEEPALIVE,
-    PeerSettings,
-    Reply,
-    ReplyAssembler,
-    WorkerError,
-    op_messages,
-)
+from splitnn.transport.client import _KEEPALIVE, PeerSettings
+from splitnn.transport.stream import AsyncOrderedStream
 from splitnn.v1 import worker_pb2
+from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
 # Pings every 2 s instead of 10: a link to a peer that dies without a reset is found
@@ -35,7 +31,7 @@ _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
 ]
 
 
-class AsyncExchangeClient(PeerSettings):
+class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
     """Ops to one worker on a long-lived Exchange stream; create and use it on one loop.
     `settings` are PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
 
@@ -63,11 +59,15 @@ class AsyncExchangeClient(PeerSettings):
         self.bytes_received += len(data)
         return worker_pb2.ExchangeResponse.FromString(data)
 
-    async def submit(self, kind: str, op, tensor=None, field: str = "") -> None:
+    async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""
-        messages = op_messages(kind, op, tensor, field, self.chunk_bytes)
-        self._pending.append((kind, messages))
+        messages = op_to_proto(op, self.chunk_bytes)
+        self._pending.append((op.kind, messages))
         await self._write(messages)
+
+    def unanswered(self) -> int:
+        """Ops sent on the stream whose answer is not read yet."""
+        return len(self._pending)
 
     async def _write(self, messages) -> None:
         if self._call is None:
@@ -87,6 +87,7 @@ class AsyncExchangeClient(PeerSettings):
         if not self._pending:
             raise RuntimeError("no op awaits an answer")
         kind, _ = self._pending[0]
+        what = f"Exchange {kind.value}"
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             try:
@@ -97,7 +98,7 @@ class AsyncExchangeClient(PeerSettings):
             except TimeoutError:
                 error = WorkerError(
                     self.name,
-                    f"Exchange {kind}",
+                    what,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"no answer for {self.timeout:.0f}s from {self.address}",
                 )
@@ -105,41 +106,29 @@ class AsyncExchangeClient(PeerSettings):
                 code = err.code()
                 if code == grpc.StatusCode.INTERNAL and self._write_failed:
                     code = grpc.StatusCode.UNAVAILABLE  # our write failed: a lost link
-                error = WorkerError(self.name, f"Exchange {kind}", code, err.details())
+                error = WorkerError(self.name, what, code, err.details())
             if not self.stream_retry(error, attempt, started):
                 self._reset_stream()
                 raise error
             # Transient: reopen the stream and send every unanswered op again. Ops
-            # carry (run, segments, batch id); the worker applies each only once.
+            # carry their OpKey; the worker applies each only once.
             await asyncio.sleep(self.backoff_delay(attempt))
             self._end_stream()
             for _, messages in list(self._pending):
                 await self._write(messages)
         raise AssertionError("unreachable")
 
-    async def _read_reply(self, kind: str) -> Reply:
+    async def _read_reply(self, kind: OpKind) -> Reply:
         if self._call is None:
-            raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+            raise WorkerError(self.name, f"Exchange {kind.value}", None, "stream closed")
         assembler = ReplyAssembler(kind)
         while True:
             message = await self._call.read()
             if message is aio.EOF:
-                raise WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+                raise WorkerError(self.name, f"Exchange {kind.value}", None, "stream closed")
             reply = assembler.add(message)
             if reply is not None:
                 return reply
-
-    async def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
-        """Send an op and wait for its answer (and every earlier one)."""
-        await self.submit(kind, op, tensor, field)
-        return await self.drain()
-
-    async def drain(self) -> Reply | None:
-        """Wait for every op sent so far; return the last answer."""
-        reply = None
-        while self._pending:
-            reply = await self.receive()
-        return reply
 
     def _end_stream(self) -> None:
         if self._call is not None:

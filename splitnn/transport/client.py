@@ -11,18 +11,19 @@ import logging
 import queue
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import grpc
 import torch
 
-from splitnn.errors import SplitnnError
+from splitnn.errors import WorkerError
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.transport.channels import create_channel
+from splitnn.transport.stream import OrderedStream
 from splitnn.transport.watchdog import Watchdog
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 from splitnn.wire import codec
+from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 log = logging.getLogger("splitnn.transport.client")
 
@@ -33,64 +34,6 @@ _KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-class WorkerError(SplitnnError):
-    """A worker refused or failed a call; carries its name, the call and the status."""
-
-    def __init__(self, worker: str, call: str, code, details: str):
-        self.worker, self.call, self.code, self.details = worker, call, code, details
-        name = code.name if code is not None else "UNKNOWN"
-        super().__init__(f"worker {worker}: {call} failed with {name}: {details}")
-
-
-@dataclass
-class Reply:
-    """One answered op: the head message and the tensor it carried, if any."""
-
-    message: object
-    tensor: torch.Tensor | None
-
-
-_RESPONSE_TENSOR = {"forward": ("input_grad", "output"), "backward": ("input_grad",), "step": ()}
-
-
-def op_messages(kind: str, op, tensor: torch.Tensor | None, field: str, chunk_bytes: int) -> list:
-    """The ExchangeRequests of one op: the op with the tensor's first chunk, then one
-    message per further chunk. Filled in place: the tensor's bytes are copied once."""
-    chunks = [None] if tensor is None else codec.encode(tensor, chunk_bytes)
-    messages = []
-    for i, chunk in enumerate(chunks):
-        message = worker_pb2.ExchangeRequest()
-        part = getattr(message, kind)
-        if i == 0:
-            part.CopyFrom(op)
-        else:
-            part.SetInParent()
-        if chunk is not None:
-            getattr(part, field).CopyFrom(chunk)
-        messages.append(message)
-    return messages
-
-
-class ReplyAssembler:
-    """Turns the ExchangeResponses answering one op into its Reply."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._head = None
-        self._tensor = codec.TensorAssembler()
-
-    def add(self, message) -> Reply | None:
-        """Take the next response message; the Reply once the op's answer is whole."""
-        part = getattr(message, message.WhichOneof("result"))
-        if self._head is None:
-            self._head = part
-        field = next((f for f in _RESPONSE_TENSOR[self.kind] if part.HasField(f)), None)
-        if field is None:
-            return Reply(self._head, None)
-        tensor = self._tensor.add(getattr(part, field))
-        return None if tensor is None else Reply(self._head, tensor)
 
 
 class PeerSettings:
@@ -153,7 +96,7 @@ class PeerSettings:
         )
 
 
-class WorkerClient(PeerSettings):
+class WorkerClient(PeerSettings, OrderedStream):
     """Talks to one worker; counts the bytes it sends and receives. `settings` are
     PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
 
@@ -303,20 +246,25 @@ class WorkerClient(PeerSettings):
                 iter(self._requests.get, None), metadata=self.metadata
             )
 
-    def submit(self, kind: str, op, tensor: torch.Tensor | None = None, field: str = "") -> None:
+    def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step) on the stream; answers come in order."""
         self._ensure_stream()
-        messages = op_messages(kind, op, tensor, field, self.chunk_bytes)
+        messages = op_to_proto(op, self.chunk_bytes)
         for message in messages:
             self.bytes_sent += message.ByteSize()
             self._requests.put(message)
-        self._pending.append((kind, messages))
+        self._pending.append((op.kind, messages))
+
+    def unanswered(self) -> int:
+        """Ops sent on the stream whose answer is not read yet."""
+        return len(self._pending)
 
     def receive(self) -> Reply:
         """The answer to the oldest op not yet answered."""
         if not self._pending:
             raise RuntimeError("no op awaits an answer")
         kind, _ = self._pending[0]
+        what = f"Exchange {kind.value}"
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             self._watchdog.arm(self._responses, self.timeout)
@@ -325,21 +273,21 @@ class WorkerClient(PeerSettings):
                 self._pending.popleft()
                 return reply
             except grpc.RpcError as err:
-                error = self._error(f"Exchange {kind}", err)
+                error = self._error(what, err)
             except StopIteration:
-                error = WorkerError(self.name, f"Exchange {kind}", None, "stream closed")
+                error = WorkerError(self.name, what, None, "stream closed")
             finally:
                 self._watchdog.disarm()
             if not self.stream_retry(error, attempt, started):
                 self._reset_stream()
                 raise error
             # Transient: reopen the stream and send every unanswered op again. Ops
-            # carry (run, segments, batch id); the worker applies each only once.
+            # carry their OpKey; the worker applies each only once.
             time.sleep(self.backoff_delay(attempt))
             self._resend()
         raise AssertionError("unreachable")
 
-    def _read_reply(self, kind: str) -> Reply:
+    def _read_reply(self, kind: OpKind) -> Reply:
         assembler = ReplyAssembler(kind)
         while True:
             message = next(self._responses)
@@ -355,18 +303,6 @@ class WorkerClient(PeerSettings):
         for _, messages in pending:
             for message in messages:
                 self._requests.put(message)
-
-    def call(self, kind: str, op, tensor=None, field: str = "") -> Reply:
-        """Send an op and wait for its answer (and every earlier one)."""
-        self.submit(kind, op, tensor, field)
-        return self.drain()
-
-    def drain(self) -> Reply | None:
-        """Wait for every op sent so far; return the last answer."""
-        reply = None
-        while self._pending:
-            reply = self.receive()
-        return reply
 
     def _close_stream(self) -> None:
         if self._requests is not None:

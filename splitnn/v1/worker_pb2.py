@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from splitnn.v1 import tensor_pb2 as splitnn_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17splitnn/v1/worker.proto\x12\nsplitnn.v1\x1a\x17splitnn/v1/tensor.proto\"\x97\x01\n\x08\x41rgValue\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12)\n\nints_value\x18\x05 \x01(\x0b\x32\x13.splitnn.v1.IntListH\x00\x42\x06\n\x04kind\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x8b\x01\n\tLayerSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x1f.splitnn.v1.LayerSpec.ArgsEntry\x1a\x41\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.splitnn.v1.ArgValue:\x02\x38\x01\"\xcd\x01\n\rOptimizerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.splitnn.v1.OptimizerKind\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tdampening\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x10\n\x08nesterov\x18\x06 \x01(\x08\x12\r\n\x05\x62\x65ta1\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x08 \x01(\x01\x12\x0b\n\x03\x65ps\x18\t \x01(\x01\x12\x0f\n\x07\x61msgrad\x18\n \x01(\x08\"q\n\x0bSegmentSpec\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.splitnn.v1.LayerSpec\x12,\n\toptimizer\x18\x03 \x01(\x0b\x32\x19.splitnn.v1.OptimizerSpec\"\x82\x01\n\x12LoadSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.SegmentSpec\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.splitnn.v1.BlobChunk\x12\x0f\n\x07replace\x18\x04 \x01(\x08\"=\n\x13LoadSegmentResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x03\"5\n\x14\x45xportSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"=\n\x15\x45xportSegmentResponse\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x15.splitnn.v1.BlobChunk\"3\n\x12\x44ropSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\x15\n\x13\x44ropSegmentResponse\".\n\nDataSource\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\x03\"P\n\x08LossSpec\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.splitnn.v1.LossKind\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07indices\x18\x03 \x03(\x03\":\n\nLossResult\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x80\x02\n\x0e\x46orwardRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.splitnn.v1.ForwardMode\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12$\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x16.splitnn.v1.DataSource\x12\"\n\x04loss\x18\x07 \x01(\x0b\x32\x14.splitnn.v1.LossSpec\x12\x0c\n\x04step\x18\x08 \x01(\x08\x12\x13\n\x0bwant_output\x18\t \x01(\x08\"\x9f\x01\n\x0f\x46orwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12+\n\ninput_grad\x18\x03 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12$\n\x04loss\x18\x04 \x01(\x0b\x32\x16.splitnn.v1.LossResult\"\x81\x01\n\x0f\x42\x61\x63kwardRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12,\n\x0boutput_grad\x18\x04 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12\x0c\n\x04step\x18\x05 \x01(\x08\"Q\n\x10\x42\x61\x63kwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12+\n\ninput_grad\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\"A\n\x0bStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\" \n\x0cStepResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\"\xa0\x01\n\x0f\x45xchangeRequest\x12-\n\x07\x66orward\x18\x01 \x01(\x0b\x32\x1a.splitnn.v1.ForwardRequestH\x00\x12/\n\x08\x62\x61\x63kward\x18\x02 \x01(\x0b\x32\x1b.splitnn.v1.BackwardRequestH\x00\x12\'\n\x04step\x18\x03 \x01(\x0b\x32\x17.splitnn.v1.StepRequestH\x00\x42\x04\n\x02op\"\xa8\x01\n\x10\x45xchangeResponse\x12.\n\x07\x66orward\x18\x01 \x01(\x0b\x32\x1b.splitnn.v1.ForwardResponseH\x00\x12\x30\n\x08\x62\x61\x63kward\x18\x02 \x01(\x0b\x32\x1c.splitnn.v1.BackwardResponseH\x00\x12(\n\x04step\x18\x03 \x01(\x0b\x32\x18.splitnn.v1.StepResponseH\x00\x42\x08\n\x06result\"\x12\n\x10GetStatusRequest\"\\\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0f\n\x07x_shape\x18\x03 \x03(\x03\x12\x0f\n\x07x_dtype\x18\x04 \x01(\t\x12\x0f\n\x07y_dtype\x18\x05 \x01(\t\"^\n\x0bSegmentInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x03\x12\x17\n\x0fpending_batches\x18\x04 \x01(\x03\"\xa3\x01\n\x11GetStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.splitnn.v1.DatasetInfo\x12)\n\x08segments\x18\x03 \x03(\x0b\x32\x17.splitnn.v1.SegmentInfo\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\"M\n\x05Stage\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bserver_name\x18\x04 \x01(\t\"*\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0f\n\x07indices\x18\x02 \x03(\x03\"\xc1\x01\n\x0c\x44riveRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06stages\x18\x02 \x03(\x0b\x32\x11.splitnn.v1.Stage\x12\"\n\x04loss\x18\x03 \x01(\x0e\x32\x14.splitnn.v1.LossKind\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\"\n\x07\x62\x61tches\x18\x05 \x03(\x0b\x32\x11.splitnn.v1.Batch\x12%\n\x04mode\x18\x06 \x01(\x0e\x32\x17.splitnn.v1.ForwardMode\"E\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12$\n\x04loss\x18\x02 \x01(\x0b\x32\x16.splitnn.v1.LossResult\"9\n\rDriveResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.splitnn.v1.BatchResult*\xd9\x01\n\x08LossKind\x12\x19\n\x15LOSS_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bLOSS_KIND_SUM_SQUARED_ERROR\x10\x01\x12 \n\x1cLOSS_KIND_MEAN_SQUARED_ERROR\x10\x02\x12\x1b\n\x17LOSS_KIND_CROSS_ENTROPY\x10\x03\x12\"\n\x1eLOSS_KIND_BINARY_CROSS_ENTROPY\x10\x04\x12.\n*LOSS_KIND_BINARY_CROSS_ENTROPY_WITH_LOGITS\x10\x05*z\n\rOptimizerKind\x12\x1e\n\x1aOPTIMIZER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12OPTIMIZER_KIND_SGD\x10\x01\x12\x17\n\x13OPTIMIZER_KIND_ADAM\x10\x02\x12\x18\n\x14OPTIMIZER_KIND_ADAMW\x10\x03*Z\n\x0b\x46orwardMode\x12\x1c\n\x18\x46ORWARD_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ORWARD_MODE_TRAIN\x10\x01\x12\x15\n\x11\x46ORWARD_MODE_EVAL\x10\x02\x32\xac\x05\n\rWorkerService\x12P\n\x0bLoadSegment\x12\x1e.splitnn.v1.LoadSegmentRequest\x1a\x1f.splitnn.v1.LoadSegmentResponse(\x01\x12V\n\rExportSegment\x12 .splitnn.v1.ExportSegmentRequest\x1a!.splitnn.v1.ExportSegmentResponse0\x01\x12N\n\x0b\x44ropSegment\x12\x1e.splitnn.v1.DropSegmentRequest\x1a\x1f.splitnn.v1.DropSegmentResponse\x12\x46\n\x07\x46orward\x12\x1a.splitnn.v1.ForwardRequest\x1a\x1b.splitnn.v1.ForwardResponse(\x01\x30\x01\x12I\n\x08\x42\x61\x63kward\x12\x1b.splitnn.v1.BackwardRequest\x1a\x1c.splitnn.v1.BackwardResponse(\x01\x30\x01\x12\x39\n\x04Step\x12\x17.splitnn.v1.StepRequest\x1a\x18.splitnn.v1.StepResponse\x12I\n\x08\x45xchange\x12\x1b.splitnn.v1.ExchangeRequest\x1a\x1c.splitnn.v1.ExchangeResponse(\x01\x30\x01\x12>\n\x05\x44rive\x12\x18.splitnn.v1.DriveRequest\x1a\x19.splitnn.v1.DriveResponse0\x01\x12H\n\tGetStatus\x12\x1c.splitnn.v1.GetStatusRequest\x1a\x1d.splitnn.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17splitnn/v1/worker.proto\x12\nsplitnn.v1\x1a\x17splitnn/v1/tensor.proto\"\x97\x01\n\x08\x41rgValue\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12)\n\nints_value\x18\x05 \x01(\x0b\x32\x13.splitnn.v1.IntListH\x00\x42\x06\n\x04kind\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x8b\x01\n\tLayerSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x1f.splitnn.v1.LayerSpec.ArgsEntry\x1a\x41\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.splitnn.v1.ArgValue:\x02\x38\x01\"\xcd\x01\n\rOptimizerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.splitnn.v1.OptimizerKind\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x11\n\tdampening\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x10\n\x08nesterov\x18\x06 \x01(\x08\x12\r\n\x05\x62\x65ta1\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x08 \x01(\x01\x12\x0b\n\x03\x65ps\x18\t \x01(\x01\x12\x0f\n\x07\x61msgrad\x18\n \x01(\x08\"q\n\x0bSegmentSpec\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.splitnn.v1.LayerSpec\x12,\n\toptimizer\x18\x03 \x01(\x0b\x32\x19.splitnn.v1.OptimizerSpec\"\x82\x01\n\x12LoadSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.SegmentSpec\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.splitnn.v1.BlobChunk\x12\x0f\n\x07replace\x18\x04 \x01(\x08\"=\n\x13LoadSegmentResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x03\"5\n\x14\x45xportSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"=\n\x15\x45xportSegmentResponse\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x15.splitnn.v1.BlobChunk\"3\n\x12\x44ropSegmentRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\x15\n\x13\x44ropSegmentResponse\".\n\nDataSource\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\x03\"P\n\x08LossSpec\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.splitnn.v1.LossKind\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07indices\x18\x03 \x03(\x03\":\n\nLossResult\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x95\x02\n\x0e\x46orwardRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.splitnn.v1.ForwardMode\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12$\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x16.splitnn.v1.DataSource\x12\"\n\x04loss\x18\x07 \x01(\x0b\x32\x14.splitnn.v1.LossSpec\x12\x0c\n\x04step\x18\x08 \x01(\x08\x12\x13\n\x0bwant_output\x18\t \x01(\x08\x12\x13\n\x0bmicro_batch\x18\n \x01(\r\"\xb4\x01\n\x0f\x46orwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12+\n\ninput_grad\x18\x03 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12$\n\x04loss\x18\x04 \x01(\x0b\x32\x16.splitnn.v1.LossResult\x12\x13\n\x0bmicro_batch\x18\x05 \x01(\r\"\x96\x01\n\x0f\x42\x61\x63kwardRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12,\n\x0boutput_grad\x18\x04 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12\x0c\n\x04step\x18\x05 \x01(\x08\x12\x13\n\x0bmicro_batch\x18\x06 \x01(\r\"f\n\x10\x42\x61\x63kwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12+\n\ninput_grad\x18\x02 \x01(\x0b\x32\x17.splitnn.v1.TensorChunk\x12\x13\n\x0bmicro_batch\x18\x03 \x01(\r\"V\n\x0bStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12\x13\n\x0bmicro_batch\x18\x04 \x01(\r\"5\n\x0cStepResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x13\n\x0bmicro_batch\x18\x02 \x01(\r\"\xa0\x01\n\x0f\x45xchangeRequest\x12-\n\x07\x66orward\x18\x01 \x01(\x0b\x32\x1a.splitnn.v1.ForwardRequestH\x00\x12/\n\x08\x62\x61\x63kward\x18\x02 \x01(\x0b\x32\x1b.splitnn.v1.BackwardRequestH\x00\x12\'\n\x04step\x18\x03 \x01(\x0b\x32\x17.splitnn.v1.StepRequestH\x00\x42\x04\n\x02op\"\xa8\x01\n\x10\x45xchangeResponse\x12.\n\x07\x66orward\x18\x01 \x01(\x0b\x32\x1b.splitnn.v1.ForwardResponseH\x00\x12\x30\n\x08\x62\x61\x63kward\x18\x02 \x01(\x0b\x32\x1c.splitnn.v1.BackwardResponseH\x00\x12(\n\x04step\x18\x03 \x01(\x0b\x32\x18.splitnn.v1.StepResponseH\x00\x42\x08\n\x06result\"\x12\n\x10GetStatusRequest\"\\\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0f\n\x07x_shape\x18\x03 \x03(\x03\x12\x0f\n\x07x_dtype\x18\x04 \x01(\t\x12\x0f\n\x07y_dtype\x18\x05 \x01(\t\"^\n\x0bSegmentInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x03\x12\x17\n\x0fpending_batches\x18\x04 \x01(\x03\"\xa3\x01\n\x11GetStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.splitnn.v1.DatasetInfo\x12)\n\x08segments\x18\x03 \x03(\x0b\x32\x17.splitnn.v1.SegmentInfo\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\"M\n\x05Stage\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bserver_name\x18\x04 \x01(\t\"*\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0f\n\x07indices\x18\x02 \x03(\x03\"\xc1\x01\n\x0c\x44riveRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06stages\x18\x02 \x03(\x0b\x32\x11.splitnn.v1.Stage\x12\"\n\x04loss\x18\x03 \x01(\x0e\x32\x14.splitnn.v1.LossKind\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\"\n\x07\x62\x61tches\x18\x05 \x03(\x0b\x32\x11.splitnn.v1.Batch\x12%\n\x04mode\x18\x06 \x01(\x0e\x32\x17.splitnn.v1.ForwardMode\"E\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12$\n\x04loss\x18\x02 \x01(\x0b\x32\x16.splitnn.v1.LossResult\"9\n\rDriveResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.splitnn.v1.BatchResult*\xd9\x01\n\x08LossKind\x12\x19\n\x15LOSS_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bLOSS_KIND_SUM_SQUARED_ERROR\x10\x01\x12 \n\x1cLOSS_KIND_MEAN_SQUARED_ERROR\x10\x02\x12\x1b\n\x17LOSS_KIND_CROSS_ENTROPY\x10\x03\x12\"\n\x1eLOSS_KIND_BINARY_CROSS_ENTROPY\x10\x04\x12.\n*LOSS_KIND_BINARY_CROSS_ENTROPY_WITH_LOGITS\x10\x05*z\n\rOptimizerKind\x12\x1e\n\x1aOPTIMIZER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12OPTIMIZER_KIND_SGD\x10\x01\x12\x17\n\x13OPTIMIZER_KIND_ADAM\x10\x02\x12\x18\n\x14OPTIMIZER_KIND_ADAMW\x10\x03*Z\n\x0b\x46orwardMode\x12\x1c\n\x18\x46ORWARD_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ORWARD_MODE_TRAIN\x10\x01\x12\x15\n\x11\x46ORWARD_MODE_EVAL\x10\x02\x32\xac\x05\n\rWorkerService\x12P\n\x0bLoadSegment\x12\x1e.splitnn.v1.LoadSegmentRequest\x1a\x1f.splitnn.v1.LoadSegmentResponse(\x01\x12V\n\rExportSegment\x12 .splitnn.v1.ExportSegmentRequest\x1a!.splitnn.v1.ExportSegmentResponse0\x01\x12N\n\x0b\x44ropSegment\x12\x1e.splitnn.v1.DropSegmentRequest\x1a\x1f.splitnn.v1.DropSegmentResponse\x12\x46\n\x07\x46orward\x12\x1a.splitnn.v1.ForwardRequest\x1a\x1b.splitnn.v1.ForwardResponse(\x01\x30\x01\x12I\n\x08\x42\x61\x63kward\x12\x1b.splitnn.v1.BackwardRequest\x1a\x1c.splitnn.v1.BackwardResponse(\x01\x30\x01\x12\x39\n\x04Step\x12\x17.splitnn.v1.StepRequest\x1a\x18.splitnn.v1.StepResponse\x12I\n\x08\x45xchange\x12\x1b.splitnn.v1.ExchangeRequest\x1a\x1c.splitnn.v1.ExchangeResponse(\x01\x30\x01\x12>\n\x05\x44rive\x12\x18.splitnn.v1.DriveRequest\x1a\x19.splitnn.v1.DriveResponse0\x01\x12H\n\tGetStatus\x12\x1c.splitnn.v1.GetStatusRequest\x1a\x1d.splitnn.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LAYERSPEC_ARGSENTRY']._loaded_options = None
   _globals['_LAYERSPEC_ARGSENTRY']._serialized_options = b'8\001'
-  _globals['_LOSSKIND']._serialized_start=3187
-  _globals['_LOSSKIND']._serialized_end=3404
-  _globals['_OPTIMIZERKIND']._serialized_start=3406
-  _globals['_OPTIMIZERKIND']._serialized_end=3528
-  _globals['_FORWARDMODE']._serialized_start=3530
-  _globals['_FORWARDMODE']._serialized_end=3620
+  _globals['_LOSSKIND']._serialized_start=3313
+  _globals['_LOSSKIND']._serialized_end=3530
+  _globals['_OPTIMIZERKIND']._serialized_start=3532
+  _globals['_OPTIMIZERKIND']._serialized_end=3654
+  _globals['_FORWARDMODE']._serialized_start=3656
+  _globals['_FORWARDMODE']._serialized_end=3746
   _globals['_ARGVALUE']._serialized_start=65
   _globals['_ARGVALUE']._serialized_end=216
   _globals['_INTLIST']._serialized_start=218
@@ -71,39 +71,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOSSRESULT']._serialized_start=1230
   _globals['_LOSSRESULT']._serialized_end=1288
   _globals['_FORWARDREQUEST']._serialized_start=1291
-  _globals['_FORWARDREQUEST']._serialized_end=1547
-  _globals['_FORWARDRESPONSE']._serialized_start=1550
-  _globals['_FORWARDRESPONSE']._serialized_end=1709
-  _globals['_BACKWARDREQUEST']._serialized_start=1712
-  _globals['_BACKWARDREQUEST']._serialized_end=1841
-  _globals['_BACKWARDRESPONSE']._serialized_start=1843
-  _globals['_BACKWARDRESPONSE']._serialized_end=1924
-  _globals['_STEPREQUEST']._serialized_start=1926
-  _globals['_STEPREQUEST']._serialized_end=1991
-  _globals['_STEPRESPONSE']._serialized_start=1993
-  _globals['_STEPRESPONSE']._serialized_end=2025
-  _globals['_EXCHANGEREQUEST']._serialized_start=2028
-  _globals['_EXCHANGEREQUEST']._serialized_end=2188
-  _globals['_EXCHANGERESPONSE']._serialized_start=2191
-  _globals['_EXCHANGERESPONSE']._serialized_end=2359
-  _globals['_GETSTATUSREQUEST']._serialized_start=2361
-  _globals['_GETSTATUSREQUEST']._serialized_end=2379
-  _globals['_DATASETINFO']._serialized_start=2381
-  _globals['_DATASETINFO']._serialized_end=2473
-  _globals['_SEGMENTINFO']._serialized_start=2475
-  _globals['_SEGMENTINFO']._serialized_end=2569
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2572
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2735
-  _globals['_STAGE']._serialized_start=2737
-  _globals['_STAGE']._serialized_end=2814
-  _globals['_BATCH']._serialized_start=2816
-  _globals['_BATCH']._serialized_end=2858
-  _globals['_DRIVEREQUEST']._serialized_start=2861
-  _globals['_DRIVEREQUEST']._serialized_end=3054
-  _globals['_BATCHRESULT']._serialized_start=3056
-  _globals['_BATCHRESULT']._serialized_end=3125
-  _globals['_DRIVERESPONSE']._serialized_start=3127
-  _globals['_DRIVERESPONSE']._serialized_end=3184
-  _globals['_WORKERSERVICE']._serialized_start=3623
-  _globals['_WORKERSERVICE']._serialized_end=4307
+  _globals['_FORWARDREQUEST']._serialized_end=1568
+  _globals['_FORWARDRESPONSE']._serialized_start=1571
+  _globals['_FORWARDRESPONSE']._serialized_end=1751
+  _globals['_BACKWARDREQUEST']._serialized_start=1754
+  _globals['_BACKWARDREQUEST']._serialized_end=1904
+  _globals['_BACKWARDRESPONSE']._serialized_start=1906
+  _globals['_BACKWARDRESPONSE']._serialized_end=2008
+  _globals['_STEPREQUEST']._serialized_start=2010
+  _globals['_STEPREQUEST']._serialized_end=2096
+  _globals['_STEPRESPONSE']._serialized_start=2098
+  _globals['_STEPRESPONSE']._serialized_end=2151
+  _globals['_EXCHANGEREQUEST']._serialized_start=2154
+  _globals['_EXCHANGEREQUEST']._serialized_end=2314
+  _globals['_EXCHANGERESPONSE']._serialized_start=2317
+  _globals['_EXCHANGERESPONSE']._serialized_end=2485
+  _globals['_GETSTATUSREQUEST']._serialized_start=2487
+  _globals['_GETSTATUSREQUEST']._serialized_end=2505
+  _globals['_DATASETINFO']._serialized_start=2507
+  _globals['_DATASETINFO']._serialized_end=2599
+  _globals['_SEGMENTINFO']._serialized_start=2601
+  _globals['_SEGMENTINFO']._serialized_end=2695
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2698
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2861
+  _globals['_STAGE']._serialized_start=2863
+  _globals['_STAGE']._serialized_end=2940
+  _globals['_BATCH']._serialized_start=2942
+  _globals['_BATCH']._serialized_end=2984
+  _globals['_DRIVEREQUEST']._serialized_start=2987
+  _globals['_DRIVEREQUEST']._serialized_end=3180
+  _globals['_BATCHRESULT']._serialized_start=3182
+  _globals['_BATCHRESULT']._serialized_end=3251
+  _globals['_DRIVERESPONSE']._serialized_start=3253
+  _globals['_DRIVERESPONSE']._serialized_end=3310
+  _globals['_WORKERSERVICE']._serialized_start=3749
+  _globals['_WORKERSERVICE']._serialized_end=4433
 # @@protoc_insertion_point(module_scope)

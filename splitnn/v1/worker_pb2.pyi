@@ -187,7 +187,7 @@ class LossResult(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output")
+    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output", "micro_batch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class ForwardRequest(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WANT_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
@@ -206,57 +207,68 @@ class ForwardRequest(_message.Message):
     loss: LossSpec
     step: bool
     want_output: bool
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
-    __slots__ = ("batch_id", "output", "input_grad", "loss")
+    __slots__ = ("batch_id", "output", "input_grad", "loss", "micro_batch")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     INPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     output: _tensor_pb2.TensorChunk
     input_grad: _tensor_pb2.TensorChunk
     loss: LossResult
-    def __init__(self, batch_id: _Optional[int] = ..., output: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., input_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., loss: _Optional[_Union[LossResult, _Mapping]] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, batch_id: _Optional[int] = ..., output: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., input_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., loss: _Optional[_Union[LossResult, _Mapping]] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class BackwardRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id", "output_grad", "step")
+    __slots__ = ("run_id", "segments", "batch_id", "output_grad", "step", "micro_batch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
     output_grad: _tensor_pb2.TensorChunk
     step: bool
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., output_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., step: _Optional[bool] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., output_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., step: _Optional[bool] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class BackwardResponse(_message.Message):
-    __slots__ = ("batch_id", "input_grad")
+    __slots__ = ("batch_id", "input_grad", "micro_batch")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     input_grad: _tensor_pb2.TensorChunk
-    def __init__(self, batch_id: _Optional[int] = ..., input_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, batch_id: _Optional[int] = ..., input_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id")
+    __slots__ = ("run_id", "segments", "batch_id", "micro_batch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("batch_id",)
+    __slots__ = ("batch_id", "micro_batch")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
-    def __init__(self, batch_id: _Optional[int] = ...) -> None: ...
+    micro_batch: int
+    def __init__(self, batch_id: _Optional[int] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("forward", "backward", "step")

@@ -1,0 +1,74 @@
+"""What a worker keeps: its segments, the state of batches in flight through them, and
+the caps that keep one caller from exhausting it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from splitnn.model import layers as layer_specs
+
+# Per-batch state is keyed by (run, segments, batch id, micro-batch): several batches
+# and micro-batches may be in flight through the same segments (splitnn.wire.ops).
+BatchKey = tuple[str, tuple[int, ...], int, int]
+
+
+def batch_name(key: BatchKey) -> str:
+    """A batch in messages: its id, and its micro-batch when there are several."""
+    return f"{key[2]}" if key[3] == 0 else f"{key[2]} (micro-batch {key[3]})"
+
+
+@dataclass
+class Limits:
+    """Caps that keep one caller from exhausting the worker."""
+
+    max_segments: int = 64
+    max_parameters: int = layer_specs.DEFAULT_MAX_PARAMETERS
+    max_pending_batches: int = 64
+    max_tensor_bytes: int = 1 << 30
+
+
+@dataclass
+class Segment:
+    """One hosted segment of a run's chain, with its own optimizer."""
+
+    run_id: str
+    index: int
+    layers: list
+    optimizer_spec: dict
+    module: nn.Sequential
+    optimizer: torch.optim.Optimizer
+
+    def __post_init__(self):
+        # Fixed once built (loading state copies into these tensors), and walked on
+        # every op: listed once rather than by module recursion per batch.
+        self.parameters = list(self.module.parameters())
+        self.buffers = list(self.module.buffers())
+        self.dtype = self.parameters[0].dtype if self.parameters else torch.float32
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters)
+
+
+@dataclass
+class PendingBatch:
+    """What Backward needs from a Forward: the input leaf and the output."""
+
+    input: torch.Tensor
+    output: torch.Tensor
+    # The chain's buffers (running statistics) from before this Forward, to undo it.
+    buffers: list | None = None
+
+
+@dataclass
+class ForwardResult:
+    """What a forward call gives back: output, or input gradient and loss."""
+
+    output: torch.Tensor | None = None
+    input_grad: torch.Tensor | None = None
+    loss: float | None = None
+    correct: int = 0
+    count: int = 0
