@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -132,16 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
 
-    for module in (
-        "splitnn.orchestrator.cli_data",
-        "splitnn.orchestrator.cli_health",
-        "splitnn.orchestrator.cli_certs",
-    ):
+    for command, module in SUBCOMMAND_MODULES.items():
         try:
-            __import__(module, fromlist=["register"]).register(sub)
-        except ImportError:
-            pass
+            importlib.import_module(module).register(sub)
+        except ImportError as err:
+            _register_unavailable(sub, command, module, err)
     return parser
+
+
+# Subcommands that live in modules of their own; a module that cannot be imported
+# (an optional dependency missing, or a defect) still shows its subcommand, which
+# then says why it cannot run instead of vanishing.
+SUBCOMMAND_MODULES = {
+    "data": "splitnn.orchestrator.cli_data",
+    "health": "splitnn.orchestrator.cli_health",
+    "certs": "splitnn.orchestrator.cli_certs",
+}
+
+
+def _register_unavailable(sub, command: str, module: str, err: ImportError) -> None:
+    reason = f"{type(err).__name__}: {err}"
+    hint = " (pip install 'splitnn[data]')" if command == "data" else ""
+    p = sub.add_parser(command, help=f"unavailable: {module} failed to import{hint}")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def unavailable(args) -> int:
+        print(
+            f"splitnn {command}: unavailable: {module} failed to import: {reason}{hint}",
+            file=sys.stderr,
+        )
+        return 2
+
+    p.set_defaults(func=unavailable)
 
 
 def _interrupt(signum, frame):

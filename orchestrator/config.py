@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -105,7 +106,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(raw: dict, path: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError naming the bad field."""
 
-    def fail(where: str, message: str):
+    def fail(where: str, message: str) -> NoReturn:
         raise ConfigError(f"{path}: {where}: {message}")
 
     _unknown(raw, _TOP_KEYS, "", fail)
@@ -203,7 +204,7 @@ def parse_config(raw: dict, path: Path) -> Config:
             fail(where, "expected a table with host and layers")
         _unknown(seg, {"host", "layers"}, where, fail)
         host = seg.get("host")
-        if host != OWNER and host not in workers:
+        if not isinstance(host, str) or (host != OWNER and host not in workers):
             fail(
                 f"{where}.host",
                 f"unknown host {host!r}; expected '{OWNER}' or one of {sorted(workers)}",

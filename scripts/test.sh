@@ -6,4 +6,6 @@ bash scripts/setup.sh --dev
 PY=${PYTHON:-python3}
 $PY -m ruff check .
 $PY -m ruff format --check .
+(cd protos && ../.tools/node_modules/.bin/buf lint)   # buf's STANDARD rules (protos/buf.yaml)
+bash scripts/typecheck.sh                               # mypy over the seams
 $PY -m pytest -q -p no:cacheprovider "$@"

@@ -22,6 +22,7 @@ def apply_forward(host: SegmentHost, op: Op) -> Answer:
     """Run a forward op; its answer carries the input gradient after a loss in
     training, else the output (one tensor at most)."""
     head = op.head
+    assert isinstance(head, worker_pb2.ForwardRequest)
     train = head.mode != worker_pb2.FORWARD_MODE_EVAL
     data = (head.data.dataset, list(head.data.indices)) if head.HasField("data") else None
     loss = None
@@ -57,6 +58,7 @@ def apply_forward(host: SegmentHost, op: Op) -> Answer:
 def apply_backward(host: SegmentHost, op: Op) -> Answer:
     """Run a backward op; its answer carries the input gradient, if there is one."""
     head = op.head
+    assert isinstance(head, worker_pb2.BackwardRequest)
     if op.tensor is None:
         raise InvalidArgument("Backward needs an output gradient")
     grad = host.backward(
@@ -80,7 +82,10 @@ def _replayable(op: Op) -> bool:
     # Evaluation keeps no state, so repeating it is harmless; batch id 0 means "no id".
     if op.head.batch_id == 0:
         return False
-    return op.kind is not OpKind.FORWARD or op.head.mode != worker_pb2.FORWARD_MODE_EVAL
+    head = op.head
+    return not isinstance(head, worker_pb2.ForwardRequest) or (
+        head.mode != worker_pb2.FORWARD_MODE_EVAL
+    )
 
 
 def fingerprint(op: Op) -> int:
@@ -91,7 +96,7 @@ def fingerprint(op: Op) -> int:
         tensor = op.tensor.detach().contiguous()
         digest = zlib.crc32(str((tensor.dtype, tuple(tensor.shape))).encode(), digest)
         if tensor.numel():
-            digest = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), digest)
+            digest = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data, digest)
     return digest
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from splitnn.errors import InvalidArgument, ResourceExhausted
 from splitnn.v1 import tensor_pb2
 from splitnn.wire import codec
+from tests.helpers import decode
 
 DTYPES = [
     torch.float32,
@@ -67,7 +68,7 @@ def raw_chunk(dtype=tensor_pb2.DTYPE_FLOAT32, shape=(2,), data=b"\0" * 8, index=
 def test_round_trip_every_dtype(dtype):
     tensor = sample(dtype, (5, 7))
 
-    decoded = codec.decode(codec.encode(tensor))
+    decoded = decode(codec.encode(tensor))
 
     assert same(decoded, tensor)
 
@@ -77,7 +78,7 @@ def test_round_trip_every_dtype_in_many_small_chunks(dtype):
     tensor = sample(dtype, (9, 5), seed=1)
 
     chunks = chunks_of(tensor, chunk_bytes=7)  # not a multiple of any item size
-    decoded = codec.decode(chunks)
+    decoded = decode(chunks)
 
     assert same(decoded, tensor)
 
@@ -87,7 +88,7 @@ def test_round_trip_empty_tensor(dtype):
     tensor = sample(dtype, (0, 3))
 
     chunks = codec.encode(tensor)
-    decoded = codec.decode(chunks)
+    decoded = decode(chunks)
 
     assert len(chunks) == 1 and chunks[0].data == b""
     assert decoded.shape == (0, 3) and decoded.dtype == dtype
@@ -97,7 +98,7 @@ def test_round_trip_empty_tensor(dtype):
 def test_round_trip_scalar(dtype):
     tensor = sample(dtype, ())
 
-    decoded = codec.decode(codec.encode(tensor))
+    decoded = decode(codec.encode(tensor))
 
     assert decoded.dim() == 0
     assert same(decoded, tensor)
@@ -118,7 +119,7 @@ def test_round_trip_non_contiguous(view):
     tensor = view(sample(torch.float32, (6, 8)))
     assert not tensor.is_contiguous()
 
-    decoded = codec.decode(codec.encode(tensor, chunk_bytes=16))
+    decoded = decode(codec.encode(tensor, chunk_bytes=16))
 
     assert decoded.is_contiguous()
     assert torch.equal(decoded, tensor)
@@ -127,7 +128,7 @@ def test_round_trip_non_contiguous(view):
 def test_round_trip_keeps_special_float_values_bitwise():
     tensor = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 1e-45])
 
-    decoded = codec.decode(codec.encode(tensor))
+    decoded = decode(codec.encode(tensor))
 
     assert same(decoded, tensor)
 
@@ -135,7 +136,7 @@ def test_round_trip_keeps_special_float_values_bitwise():
 def test_round_trip_tensor_that_requires_grad():
     tensor = torch.randn(3, 4, requires_grad=True)
 
-    decoded = codec.decode(codec.encode(tensor))
+    decoded = decode(codec.encode(tensor))
 
     assert not decoded.requires_grad
     assert torch.equal(decoded, tensor.detach())
@@ -162,7 +163,7 @@ def test_round_trip_any_shape_and_chunk_size(dtype, shape, chunk_bytes, seed):
     tensor = sample(dtype, tuple(shape), seed)
 
     chunks = codec.encode(tensor, chunk_bytes)
-    decoded = codec.decode(chunks)
+    decoded = decode(chunks)
 
     assert len(chunks) == max(1, math.ceil(tensor.numel() * tensor.element_size() / chunk_bytes))
     assert same(decoded, tensor)
@@ -177,7 +178,8 @@ def test_assembler_decodes_consecutive_tensors():
     tensors = [r for r in results if r is not None]
     assert len(tensors) == 2
     assert torch.equal(tensors[0], first) and torch.equal(tensors[1], second)
-    assert not assembler.started
+    # Nothing of the second tensor lingers: a third one decodes on its own.
+    assert torch.equal(assembler.add(codec.encode(torch.ones(2))[0]), torch.ones(2))
 
 
 # ---- memory: owned and aligned --------------------------------------------------------
@@ -192,7 +194,7 @@ def test_decoded_tensor_owns_its_memory(chunk_bytes):
         for c, b in zip(codec.encode(tensor, chunk_bytes), buffers, strict=True)
     ]
 
-    decoded = codec.decode(chunks)
+    decoded = decode(chunks)
     for buffer in buffers:
         buffer[:] = b"\xff" * len(buffer)
 
@@ -200,7 +202,7 @@ def test_decoded_tensor_owns_its_memory(chunk_bytes):
 
 
 def test_decoded_tensor_is_writable():
-    decoded = codec.decode(codec.encode(torch.zeros(3)))
+    decoded = decode(codec.encode(torch.zeros(3)))
 
     decoded += 1
 
@@ -214,7 +216,7 @@ def test_decoded_tensor_is_64_byte_aligned(rows, chunk_bytes):
     # differently on misaligned input, so the decoded tensor must be a fresh allocation.
     tensor = torch.randn(rows, 5)
 
-    decoded = codec.decode(codec.encode(tensor, chunk_bytes))
+    decoded = decode(codec.encode(tensor, chunk_bytes))
 
     assert decoded.data_ptr() % 64 == 0
 
@@ -226,47 +228,47 @@ def test_refuses_chunk_before_chunk_zero():
     chunks = chunks_of(torch.randn(16), 16)
 
     with pytest.raises(InvalidArgument, match="before chunk 0"):
-        codec.decode([chunks[1], chunks[0], *chunks[2:]])
+        decode([chunks[1], chunks[0], *chunks[2:]])
 
 
 def test_refuses_chunks_out_of_order():
     chunks = chunks_of(torch.randn(16), 16)
 
     with pytest.raises(InvalidArgument, match="expected 1"):
-        codec.decode([chunks[0], chunks[2], chunks[1], chunks[3]])
+        decode([chunks[0], chunks[2], chunks[1], chunks[3]])
 
 
 def test_refuses_duplicate_chunk():
     chunks = chunks_of(torch.randn(16), 16)
 
     with pytest.raises(InvalidArgument):
-        codec.decode([chunks[0], chunks[0], *chunks[1:]])
+        decode([chunks[0], chunks[0], *chunks[1:]])
 
 
 def test_refuses_missing_middle_chunk():
     chunks = chunks_of(torch.randn(16), 16)
 
     with pytest.raises(InvalidArgument):
-        codec.decode([chunks[0], chunks[1], chunks[3]])
+        decode([chunks[0], chunks[1], chunks[3]])
 
 
 def test_refuses_stream_ending_before_last_chunk():
     chunks = chunks_of(torch.randn(16), 16)
 
     with pytest.raises(InvalidArgument, match="before its last chunk"):
-        codec.decode(chunks[:-1])
+        decode(chunks[:-1])
 
 
 def test_refuses_empty_chunk_stream():
     with pytest.raises(InvalidArgument):
-        codec.decode([])
+        decode([])
 
 
 def test_refuses_more_chunks_than_declared():
     chunks = codec.encode(torch.randn(4))
 
     with pytest.raises(InvalidArgument, match="more tensor chunks"):
-        codec.decode(chunks + chunks)
+        decode(chunks + chunks)
 
 
 def test_refuses_chunks_disagreeing_on_count():
@@ -274,7 +276,7 @@ def test_refuses_chunks_disagreeing_on_count():
     chunks[1].count = 5
 
     with pytest.raises(InvalidArgument, match="disagree"):
-        codec.decode(chunks)
+        decode(chunks)
 
 
 def test_refuses_chunks_disagreeing_on_shape():
@@ -282,7 +284,7 @@ def test_refuses_chunks_disagreeing_on_shape():
     chunks[2].shape[:] = [4, 4]
 
     with pytest.raises(InvalidArgument, match="disagree"):
-        codec.decode(chunks)
+        decode(chunks)
 
 
 def test_refuses_chunks_disagreeing_on_dtype():
@@ -290,17 +292,17 @@ def test_refuses_chunks_disagreeing_on_dtype():
     chunks[1].dtype = tensor_pb2.DTYPE_INT32
 
     with pytest.raises(InvalidArgument, match="disagree"):
-        codec.decode(chunks)
+        decode(chunks)
 
 
 def test_refuses_zero_chunk_count():
     with pytest.raises(InvalidArgument, match="at least 1"):
-        codec.decode([raw_chunk(count=0)])
+        decode([raw_chunk(count=0)])
 
 
 def test_refuses_more_chunks_than_bytes():
     with pytest.raises(InvalidArgument, match="chunks for a 8-byte tensor"):
-        codec.decode([raw_chunk(count=9)])
+        decode([raw_chunk(count=9)])
 
 
 @pytest.mark.parametrize(
@@ -308,7 +310,7 @@ def test_refuses_more_chunks_than_bytes():
 )
 def test_refuses_unusable_dtype(value):
     with pytest.raises(InvalidArgument, match="dtype"):
-        codec.decode([raw_chunk(dtype=value)])
+        decode([raw_chunk(dtype=value)])
 
 
 def test_refuses_encoding_a_dtype_without_wire_form():
@@ -319,7 +321,7 @@ def test_refuses_encoding_a_dtype_without_wire_form():
 @pytest.mark.parametrize("nbytes", [0, 7, 9, 16], ids=lambda n: f"{n}-bytes")
 def test_refuses_single_chunk_bytes_not_matching_shape(nbytes):
     with pytest.raises(InvalidArgument, match="needs 8 bytes"):
-        codec.decode([raw_chunk(shape=(2,), data=b"\0" * nbytes)])
+        decode([raw_chunk(shape=(2,), data=b"\0" * nbytes)])
 
 
 def test_refuses_chunks_carrying_too_many_bytes():
@@ -327,7 +329,7 @@ def test_refuses_chunks_carrying_too_many_bytes():
     chunks[0].data = chunks[0].data + b"\0" * 20
 
     with pytest.raises(InvalidArgument, match="more than the 32 bytes"):
-        codec.decode(chunks)
+        decode(chunks)
 
 
 def test_refuses_chunks_carrying_too_few_bytes():
@@ -335,25 +337,25 @@ def test_refuses_chunks_carrying_too_few_bytes():
     chunks[1].data = chunks[1].data[:-4]
 
     with pytest.raises(InvalidArgument, match="carry 28 bytes, expected 32"):
-        codec.decode(chunks)
+        decode(chunks)
 
 
 def test_refuses_negative_dimension():
     with pytest.raises(InvalidArgument, match="negative"):
-        codec.decode([raw_chunk(shape=(-1, 2), data=b"")])
+        decode([raw_chunk(shape=(-1, 2), data=b"")])
 
 
 def test_refuses_too_many_dimensions():
     shape = (1,) * (codec.MAX_DIMS + 1)
 
     with pytest.raises(InvalidArgument, match="dimensions"):
-        codec.decode([raw_chunk(shape=shape, data=b"\0" * 4)])
+        decode([raw_chunk(shape=shape, data=b"\0" * 4)])
 
 
 def test_accepts_the_maximum_number_of_dimensions():
     tensor = torch.ones((1,) * codec.MAX_DIMS)
 
-    assert codec.decode(codec.encode(tensor)).shape == tensor.shape
+    assert decode(codec.encode(tensor)).shape == tensor.shape
 
 
 def test_refuses_declared_size_over_max_bytes_before_allocating():
@@ -368,18 +370,18 @@ def test_refuses_tensor_one_byte_over_max_bytes():
     chunks = codec.encode(torch.zeros(4))  # 16 bytes
 
     with pytest.raises(ResourceExhausted):
-        codec.decode(chunks, max_bytes=15)
+        decode(chunks, max_bytes=15)
 
 
 def test_accepts_tensor_exactly_at_max_bytes():
     chunks = codec.encode(torch.zeros(4))
 
-    assert codec.decode(chunks, max_bytes=16).shape == (4,)
+    assert decode(chunks, max_bytes=16).shape == (4,)
 
 
 def test_accepts_huge_dimension_next_to_a_zero_one():
     # numel is 0, so nothing is allocated; such a shape is harmless and decodes empty.
-    decoded = codec.decode([raw_chunk(shape=(0, 1 << 40), data=b"")])
+    decoded = decode([raw_chunk(shape=(0, 1 << 40), data=b"")])
 
     assert decoded.numel() == 0
 

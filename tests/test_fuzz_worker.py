@@ -26,7 +26,6 @@ from collections import Counter
 import grpc
 import pytest
 import torch
-from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -34,17 +33,15 @@ from torch import nn
 from splitnn.data.datasets import TOY_NAME, builtin
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
-from splitnn.services.driver import Driver
-from splitnn.services.registration import add_worker_service
-from splitnn.services.segment_host import Limits, SegmentHost
-from splitnn.services.servicer import WorkerServicer
+from splitnn.services.segment_host import Limits
 from splitnn.training.pipeline import Pipeline, Stage
 from splitnn.transport.aio_client import AsyncExchangeClient
-from splitnn.transport.channels import create_channel, create_server
 from splitnn.transport.client import WorkerClient
-from splitnn.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
+from splitnn.v1 import tensor_pb2, worker_pb2
 from splitnn.wire import codec
-from tests.conftest import RunningWorker
+from tests import helpers
+from tests.conftest import start_worker
+from tests.helpers import assert_unchanged, model_state, snapshot
 
 Code = grpc.StatusCode
 RUN = "fuzz-run"
@@ -135,35 +132,6 @@ def with_state(first: worker_pb2.LoadSegmentRequest, chunks: list) -> list:
     return messages
 
 
-def model_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"model.{k}": v for k, v in module.state_dict().items()}
-
-
-def export(stub, index: int, run_id: str = RUN) -> dict[str, torch.Tensor]:
-    blob = codec.BlobAssembler()
-    request = worker_pb2.ExportSegmentRequest(run_id=run_id, index=index)
-    for response in stub.ExportSegment(request, timeout=TIMEOUT):
-        blob.add(response.state)
-    return codec.decode_state(blob.blob())
-
-
-def snapshot(stub) -> tuple[dict, dict]:
-    """Every segment's exported state and pending count."""
-    segments = stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=TIMEOUT).segments
-    states = {(s.run_id, s.index): export(stub, s.index, s.run_id) for s in segments}
-    return states, {(s.run_id, s.index): s.pending_batches for s in segments}
-
-
-def assert_unchanged(stub, before) -> None:
-    states, pendings = snapshot(stub)
-    assert pendings == before[1]
-    assert states.keys() == before[0].keys()
-    for key, state in states.items():
-        assert state.keys() == before[0][key].keys(), key
-        for name, value in state.items():
-            assert torch.equal(value, before[0][key][name]), (key, name)
-
-
 class Target:
     """The running worker, its baseline state and a port where nobody listens."""
 
@@ -179,27 +147,14 @@ class Target:
 
 
 def start_fuzz_worker():
-    """Like conftest.start_worker, but the Drive peers retry an unreachable host once,
-    quickly (the default backs off for ~3 s), so that a refused Drive has ended, cleanup
-    included, when its call returns."""
-    host = SegmentHost(HOST, {TOY_NAME: builtin(TOY_NAME)}, LIMITS)
-    driver = Driver(
-        host,
-        lambda name, address, server_name=None: AsyncExchangeClient(
-            name, address, server_name=server_name, retries=1, backoff=0.01
-        ),
-    )
-    server, port = create_server("127.0.0.1:0")
-    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    channel = create_channel(address)
+    """A conftest worker whose Drive peers retry an unreachable host once, quickly (the
+    default backs off for ~3 s), so that a refused Drive has ended, cleanup included,
+    when its call returns."""
 
-    def stop() -> None:
-        channel.close()
-        server.stop(grace=None).wait(timeout=10)
+    def peers(name, address, server_name=None):
+        return AsyncExchangeClient(name, address, server_name=server_name, retries=1, backoff=0.01)
 
-    return RunningWorker(host, worker_pb2_grpc.WorkerServiceStub(channel), address), stop
+    return start_worker(HOST, LIMITS, peer_factory=peers)
 
 
 @pytest.fixture(scope="module")
@@ -230,14 +185,9 @@ def refused(rpc: str, call, allowed=REFUSALS) -> Code:
     one of `allowed`."""
     SENT[rpc] += 1
     try:
-        result = call()
-        if not isinstance(result, Message):
-            for _ in result:
-                pass
-    except grpc.RpcError as err:
-        assert err.code() in allowed, f"{rpc}: {err.code()}: {err.details()}"
-        return err.code()
-    raise AssertionError(f"{rpc}: a hostile request was accepted")
+        return helpers.refused(call, set(allowed)).code()
+    except AssertionError as err:
+        raise AssertionError(f"{rpc}: {err}") from None
 
 
 # ---- building blocks -------------------------------------------------------------------
@@ -1289,7 +1239,7 @@ def test_worker_still_trains_exactly_like_plain_pytorch(target):
     status = target.stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=TIMEOUT)
     assert [s.pending_batches for s in status.segments] == [0, 0, 0]
     for index, (segment, optimizer) in enumerate(zip(reference, optimizers, strict=True)):
-        state = export(target.stub, index)
+        state = helpers.export(target.stub, index, RUN)
         expected = {f"model.{k}": v for k, v in segment.state_dict().items()}
         params = list(segment.parameters())
         for i, param in enumerate(params):

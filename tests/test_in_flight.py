@@ -11,7 +11,8 @@ from splitnn.errors import FailedPrecondition
 from splitnn.services import ops
 from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Op, OpKind
-from tests.test_segment_host import RUN, SGD, host_with_pair, reference_pair
+from tests.helpers import reference_pair
+from tests.test_segment_host import RUN, SGD, host_with_pair
 
 MOMENTUM = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from splitnn.data.prepare import (
+    SUMMARY_FILE,
     TEST_SEED_OFFSET,
+    Summary,
     format_table,
-    load_summary,
     prepare,
 )
 from splitnn.data.readers import load_source
@@ -77,7 +78,7 @@ def test_summary_json(npz_source, tmp_path):
     assert sum(o["train"]["rows"] for o in data["owners"].values()) == 90
     assert sum(o["test"]["rows"] for o in data["owners"].values()) == 30
     assert data["owners"]["bob"]["test"]["class_counts"] == summary.owners["bob"].test.class_counts
-    assert load_summary(out) == summary
+    assert Summary.from_dict(json.loads((out / SUMMARY_FILE).read_text())) == summary
 
 
 def test_prepare_is_deterministic_and_seeded(npz_source, tmp_path):

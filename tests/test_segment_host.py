@@ -19,10 +19,9 @@ from splitnn.errors import (
 )
 from splitnn.model import layers as layer_specs
 from splitnn.services.segment_host import Limits, SegmentHost
+from tests.helpers import SEG0, SEG1, model_state, reference_pair
 
 RUN = "run-1"
-SEG0 = [{"type": "Linear", "in_features": 4, "out_features": 3}, {"type": "Tanh"}]
-SEG1 = [{"type": "Linear", "in_features": 3, "out_features": 1}, {"type": "Sigmoid"}]
 BN_SEG = [
     {"type": "BatchNorm1d", "num_features": 4},
     {"type": "Linear", "in_features": 4, "out_features": 2},
@@ -33,16 +32,6 @@ ROWS = list(range(16))
 
 def make_host(**limits) -> SegmentHost:
     return SegmentHost("alice", {TOY_NAME: builtin(TOY_NAME)}, Limits(**limits))
-
-
-def model_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def reference_pair(seed: int = 1) -> nn.Sequential:
-    """The two segments built as plain PyTorch builds them, seeded."""
-    torch.manual_seed(seed)
-    return nn.Sequential(layer_specs.build_segment(SEG0), layer_specs.build_segment(SEG1))
 
 
 def host_with_pair(reference: nn.Sequential, optimizer=SGD, **limits) -> SegmentHost:

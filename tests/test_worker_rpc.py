@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from torch import nn
 
 from splitnn.data.datasets import TOY_NAME, builtin
 from splitnn.errors import WorkerError
@@ -19,22 +18,27 @@ from splitnn.v1 import tensor_pb2, worker_pb2, worker_pb2_grpc
 from splitnn.wire import codec
 from splitnn.wire.ops import Op, OpKind
 from tests.conftest import start_worker
+from tests.helpers import SEG0, SEG1, assert_unchanged, pending, reference_pair, snapshot
+from tests.helpers import export as export_from
+from tests.helpers import refused as refused_with
 
 Code = grpc.StatusCode
 RUN = "run-rpc"
-SEG0 = [{"type": "Linear", "in_features": 4, "out_features": 3}, {"type": "Tanh"}]
-SEG1 = [{"type": "Linear", "in_features": 3, "out_features": 1}, {"type": "Sigmoid"}]
 SGD = {"name": "sgd", "lr": 0.2}
 ROWS = list(range(16))
 TIMEOUT = 30
 
 
+def export(stub, index, run_id=RUN) -> dict[str, torch.Tensor]:
+    return export_from(stub, index, run_id)
+
+
+def refused(code: Code, call) -> grpc.RpcError:
+    """Run `call` (consuming any response stream); assert it fails with `code`."""
+    return refused_with(call, code)
+
+
 # ---- helpers --------------------------------------------------------------------------
-
-
-def reference_pair() -> nn.Sequential:
-    torch.manual_seed(1)
-    return nn.Sequential(layer_specs.build_segment(SEG0), layer_specs.build_segment(SEG1))
 
 
 def load_messages(index, layers, state=None, run_id=RUN, replace=False, optimizer=SGD):
@@ -57,20 +61,8 @@ def load(stub, index, layers, state=None, **kwargs) -> worker_pb2.LoadSegmentRes
     return stub.LoadSegment(iter(load_messages(index, layers, state, **kwargs)), timeout=TIMEOUT)
 
 
-def export(stub, index, run_id=RUN) -> dict[str, torch.Tensor]:
-    blob = codec.BlobAssembler()
-    request = worker_pb2.ExportSegmentRequest(run_id=run_id, index=index)
-    for response in stub.ExportSegment(request, timeout=TIMEOUT):
-        blob.add(response.state)
-    return codec.decode_state(blob.blob())
-
-
 def status(stub) -> worker_pb2.GetStatusResponse:
     return stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=TIMEOUT)
-
-
-def pending(stub) -> dict:
-    return {(s.run_id, s.index): s.pending_batches for s in status(stub).segments}
 
 
 def tensor_messages(op, field: str, tensor, chunk_bytes=codec.DEFAULT_CHUNK_BYTES) -> list:
@@ -111,32 +103,6 @@ def sse_loss(indices=ROWS) -> worker_pb2.LossSpec:
     return worker_pb2.LossSpec(
         kind=worker_pb2.LOSS_KIND_SUM_SQUARED_ERROR, dataset=TOY_NAME, indices=indices
     )
-
-
-def refused(code: Code, call) -> grpc.RpcError:
-    """Run `call` (consuming any response stream); assert it fails with `code`."""
-    with pytest.raises(grpc.RpcError) as info:
-        result = call()
-        if not isinstance(result, worker_pb2.LoadSegmentResponse | worker_pb2.StepResponse):
-            list(result)
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
-def snapshot(stub) -> tuple[dict, dict]:
-    """Everything the worker holds that a refused call must not touch."""
-    states = {(s.run_id, s.index): export(stub, s.index, s.run_id) for s in status(stub).segments}
-    return states, pending(stub)
-
-
-def assert_unchanged(stub, before) -> None:
-    states, pendings = snapshot(stub)
-    assert pendings == before[1]
-    assert states.keys() == before[0].keys()
-    for key, state in states.items():
-        assert state.keys() == before[0][key].keys()
-        for name, value in state.items():
-            assert torch.equal(value, before[0][key][name]), (key, name)
 
 
 def assert_serving(stub) -> None:

@@ -149,12 +149,6 @@ def prepare(
     return summary
 
 
-def load_summary(out_dir: Path) -> Summary:
-    """Read back ``summary.json`` from a prepared directory."""
-    data = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
-    return Summary.from_dict(data)
-
-
 def format_table(summary: Summary, max_class_columns: int = 20) -> str:
     """Rows and class counts per owner for train and test, as aligned text."""
     k = summary.classes

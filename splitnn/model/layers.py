@@ -200,8 +200,8 @@ def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
     return kind, args
 
 
-def validate_spec(layers: list, where: str = "segment") -> None:
-    """Check a whole segment spec without building it."""
+def validate_spec(layers: object, where: str = "segment") -> None:
+    """Check a whole segment spec (anything a config or a peer sent) without building it."""
     if not isinstance(layers, list) or not layers:
         raise InvalidArgument(f"{where}: layers must be a non-empty list")
     if len(layers) > MAX_LAYERS_PER_SEGMENT:

@@ -18,7 +18,7 @@ LOSS_KINDS = {
 LOSS_NAMES = {v: k for k, v in LOSS_KINDS.items()}
 
 
-def loss_kind(name: str, where: str = "loss") -> int:
+def loss_kind(name: str, where: str = "loss") -> worker_pb2.LossKind:
     """The wire enum for a loss name; InvalidArgument when unknown."""
     if name not in LOSS_KINDS:
         raise InvalidArgument(f"{where}: {name!r} is not one of {sorted(LOSS_KINDS)}")

@@ -31,8 +31,9 @@ _DEFAULTS = {
 }
 
 
-def normalize(spec: dict, where: str = "optimizer") -> dict:
-    """Validate an optimizer spec and fill in torch's defaults."""
+def normalize(spec: object, where: str = "optimizer") -> dict:
+    """Validate an optimizer spec (anything a config or a peer sent) and fill in torch's
+    defaults."""
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{where}: expected a table")
     name = spec.get("name")

@@ -99,7 +99,7 @@ class Pipeline:
         batch_id: int,
         dataset: str,
         rows: list[int],
-        mode: int,
+        mode: worker_pb2.ForwardMode,
         with_loss: bool,
         step: bool = False,
         want_output: bool = False,

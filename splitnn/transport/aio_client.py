@@ -46,7 +46,7 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
         self._exchange = self.channel.stream_stream(
             _EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
         )
-        self._call = None
+        self._call: aio.StreamStreamCall | None = None
         self._write_failed = False
         self._pending: deque = deque()
 
@@ -72,9 +72,10 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
     async def _write(self, messages) -> None:
         if self._call is None:
             self._call = self._exchange(metadata=self.metadata)
+        call = self._call
         try:
             for message in messages:
-                await self._call.write(message)
+                await call.write(message)
         except grpc.RpcError:
             # The link dropped mid-write: grpc.aio then ends the call with a local
             # INTERNAL ("Internal error from Core") instead of UNAVAILABLE.

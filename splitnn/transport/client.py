@@ -11,6 +11,7 @@ import logging
 import queue
 import time
 from collections import deque
+from typing import Any
 
 import grpc
 import torch
@@ -108,7 +109,7 @@ class WorkerClient(PeerSettings, OrderedStream):
         )
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
         self._requests: queue.SimpleQueue | None = None
-        self._responses = None
+        self._responses: Any = None  # the Exchange call's response iterator
         self._pending: deque = deque()
 
     # ---- unary-style calls -----------------------------------------------------
@@ -239,20 +240,22 @@ class WorkerClient(PeerSettings, OrderedStream):
 
     # ---- the Exchange stream ---------------------------------------------------
 
-    def _ensure_stream(self) -> None:
-        if self._responses is None:
+    def _ensure_stream(self) -> queue.SimpleQueue:
+        """The open stream's request queue (opening the stream if need be)."""
+        if self._requests is None or self._responses is None:
             self._requests = queue.SimpleQueue()
             self._responses = self.stub.Exchange(
                 iter(self._requests.get, None), metadata=self.metadata
             )
+        return self._requests
 
     def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step) on the stream; answers come in order."""
-        self._ensure_stream()
+        requests = self._ensure_stream()
         messages = op_to_proto(op, self.chunk_bytes)
         for message in messages:
             self.bytes_sent += message.ByteSize()
-            self._requests.put(message)
+            requests.put(message)
         self._pending.append((op.kind, messages))
 
     def unanswered(self) -> int:
@@ -299,10 +302,10 @@ class WorkerClient(PeerSettings, OrderedStream):
     def _resend(self) -> None:
         pending = list(self._pending)
         self._close_stream()
-        self._ensure_stream()
+        requests = self._ensure_stream()
         for _, messages in pending:
             for message in messages:
-                self._requests.put(message)
+                requests.put(message)
 
     def _close_stream(self) -> None:
         if self._requests is not None:

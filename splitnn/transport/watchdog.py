@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 CHECK_SECONDS = 0.5
 
@@ -17,7 +18,7 @@ class Watchdog:
     """Cancels the armed call when its deadline passes before disarm()."""
 
     def __init__(self):
-        self._call = None
+        self._call: Any = None  # anything with cancel()
         self._deadline = 0.0
         self.fired = False
         self._closed = threading.Event()

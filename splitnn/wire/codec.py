@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -26,7 +26,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_TENSOR_BYTES = 1 << 30
 MAX_DIMS = 8
 
-_TO_WIRE = {
+_TO_WIRE: dict[torch.dtype, tensor_pb2.Dtype] = {
     torch.float32: tensor_pb2.DTYPE_FLOAT32,
     torch.float64: tensor_pb2.DTYPE_FLOAT64,
     torch.float16: tensor_pb2.DTYPE_FLOAT16,
@@ -44,7 +44,7 @@ _FROM_WIRE = {v: k for k, v in _TO_WIRE.items()}
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
-def wire_dtype(dtype: torch.dtype) -> int:
+def wire_dtype(dtype: torch.dtype) -> tensor_pb2.Dtype:
     """The wire enum for a torch dtype; InvalidArgument for types we do not carry."""
     try:
         return _TO_WIRE[dtype]
@@ -55,7 +55,7 @@ def wire_dtype(dtype: torch.dtype) -> int:
 def torch_dtype(value: int) -> torch.dtype:
     """The torch dtype for a wire enum value; InvalidArgument when unknown."""
     try:
-        return _FROM_WIRE[value]
+        return _FROM_WIRE[value]  # type: ignore[index, unused-ignore]  # any int from the wire
     except KeyError:
         raise InvalidArgument(f"unknown or unspecified dtype {value}") from None
 
@@ -68,7 +68,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     t = t.contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
-    return memoryview(t.numpy().reshape(-1).view("uint8"))
+    return t.numpy().reshape(-1).view("uint8").data
 
 
 def encode(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list:
@@ -114,15 +114,11 @@ class TensorAssembler:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
         self.max_bytes = max_bytes
-        self._first = None
+        # dtype, shape, chunk count and byte size of the tensor being assembled
+        self._first: tuple[torch.dtype, tuple[int, ...], int, int] | None = None
         self._buffer: bytearray | None = None
         self._filled = 0
         self._next = 0
-
-    @property
-    def started(self) -> bool:
-        """True once the first chunk has arrived and more are expected."""
-        return self._first is not None
 
     def add(self, chunk) -> torch.Tensor | None:
         """Take the next chunk; return the tensor once the last chunk is in."""
@@ -149,6 +145,7 @@ class TensorAssembler:
                 or chunk.dtype != wire_dtype(dtype)
             ):
                 raise InvalidArgument("tensor chunks disagree on dtype, shape or count")
+        assert self._first is not None and self._buffer is not None
         dtype, shape, count, nbytes = self._first
         data = chunk.data
         end = self._filled + len(data)
@@ -184,19 +181,6 @@ def _from_buffer(buffer, dtype: torch.dtype, shape) -> torch.Tensor:
             raise InvalidArgument(f"tensor shape {list(shape)} cannot be built: {err}") from None
     # clone(): a fresh, well-aligned tensor that owns its memory.
     return torch.frombuffer(buffer, dtype=dtype).reshape(shape).clone()
-
-
-def decode(chunks: Iterable, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> torch.Tensor:
-    """Assemble a complete tensor from all of its chunks."""
-    assembler = TensorAssembler(max_bytes)
-    result = None
-    for chunk in chunks:
-        if result is not None:
-            raise InvalidArgument("more tensor chunks than declared")
-        result = assembler.add(chunk)
-    if result is None:
-        raise InvalidArgument("tensor stream ended before its last chunk")
-    return result
 
 
 def encode_state(tensors: dict[str, torch.Tensor]) -> bytes:

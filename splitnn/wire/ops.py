@@ -73,6 +73,11 @@ _REPLY_TENSORS = {
 _KIND_OF_REQUEST = {t: k for k, t in REQUEST_TYPES.items()}
 
 
+# The head messages of an op and of its reply.
+OpHead = worker_pb2.ForwardRequest | worker_pb2.BackwardRequest | worker_pb2.StepRequest
+ReplyHead = worker_pb2.ForwardResponse | worker_pb2.BackwardResponse | worker_pb2.StepResponse
+
+
 class OpKey(NamedTuple):
     """What names an op among those in flight (rule 1 above)."""
 
@@ -88,7 +93,7 @@ class Op:
     """One op to send: its kind, its head message and the tensor it carries, if any."""
 
     kind: OpKind
-    head: object
+    head: OpHead
     tensor: torch.Tensor | None = None
 
     @property
@@ -100,7 +105,7 @@ class Op:
 class Reply:
     """One answered op: the head message and the tensor it carried, if any."""
 
-    message: object
+    message: ReplyHead
     tensor: torch.Tensor | None
 
 
@@ -109,17 +114,17 @@ class Answer:
     """A worker's answer to an op before framing: head, tensor, and the head's field
     the tensor goes in ("" when there is no tensor)."""
 
-    head: object
+    head: ReplyHead
     tensor: torch.Tensor | None = None
     field: str = ""
 
 
-def kind_of(head) -> OpKind:
+def kind_of(head: OpHead) -> OpKind:
     """The kind of an op's head message."""
     return _KIND_OF_REQUEST[type(head)]
 
 
-def op_key(kind: OpKind, head) -> OpKey:
+def op_key(kind: OpKind, head: OpHead) -> OpKey:
     """The OpKey of an op's head message."""
     return OpKey(head.run_id, kind, tuple(head.segments), head.batch_id, head.micro_batch)
 
@@ -133,7 +138,7 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
     field = _REQUEST_TENSOR[op.kind]
     if op.tensor is not None and field is None:
         raise InvalidArgument(f"a {op.kind.value} op carries no tensor")
-    chunks = [None] if op.tensor is None else codec.encode(op.tensor, chunk_bytes)
+    chunks: list = [None] if op.tensor is None else codec.encode(op.tensor, chunk_bytes)
     messages = []
     for i, chunk in enumerate(chunks):
         message = worker_pb2.ExchangeRequest()
@@ -143,12 +148,13 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
         else:
             part.SetInParent()
         if chunk is not None:
+            assert field is not None
             getattr(part, field).CopyFrom(chunk)
         messages.append(message)
     return messages
 
 
-def unwrap_exchange(message: worker_pb2.ExchangeRequest):
+def unwrap_exchange(message: worker_pb2.ExchangeRequest) -> OpHead:
     """The op head inside an ExchangeRequest."""
     which = message.WhichOneof("op")
     if which is None:
@@ -161,15 +167,16 @@ def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) 
     `heads` are ForwardRequests, BackwardRequests or StepRequests (unwrapped from an
     Exchange stream, or a Forward / Backward stream of one `kind`). A tensor cut
     into n chunks arrives as n messages of the same kind, the first with every field."""
-    current, field, assembler = None, None, None
+    current: Op | None = None
+    field, assembler = "", codec.TensorAssembler(max_bytes)
     for head in heads:
         op_kind = kind or kind_of(head)
         if current is None:
-            field = _REQUEST_TENSOR[op_kind]
-            if field is None or not head.HasField(field):
+            tensor_field = _REQUEST_TENSOR[op_kind]
+            if tensor_field is None or not head.HasField(tensor_field):
                 yield Op(op_kind, head)
                 continue
-            current, assembler = Op(op_kind, head), codec.TensorAssembler(max_bytes)
+            current, field = Op(op_kind, head), tensor_field
         elif op_kind is not current.kind or not head.HasField(field):
             raise InvalidArgument("a new op arrived before the previous tensor's last chunk")
         tensor = assembler.add(getattr(head, field))
@@ -191,8 +198,9 @@ def reply_to_proto(
     the head (which the replay cache may hold) is never modified and the tensor's bytes
     are copied once."""
     head, tensor = answer.head, answer.tensor
-    chunks = [None] if tensor is None else codec.encode(tensor, chunk_bytes)
+    chunks: list = [None] if tensor is None else codec.encode(tensor, chunk_bytes)
     for i, chunk in enumerate(chunks):
+        message: worker_pb2.ExchangeResponse | ReplyHead
         if exchange:
             message = worker_pb2.ExchangeResponse()
             part = getattr(message, kind.value)
@@ -212,7 +220,7 @@ class ReplyAssembler:
 
     def __init__(self, kind: OpKind):
         self.kind = kind
-        self._head = None
+        self._head: ReplyHead | None = None
         self._tensor = codec.TensorAssembler()
 
     def add(self, message) -> Reply | None:
