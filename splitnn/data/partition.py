@@ -10,12 +10,12 @@ Schemes (see :func:`partition`):
 
 from __future__ import annotations
 
-from splitnn.errors import DataError
-
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from splitnn.errors import DataError
 
 SCHEMES = ("iid", "by-label", "dirichlet:ALPHA")
 

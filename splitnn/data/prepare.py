@@ -6,8 +6,6 @@ the form a worker's dataset loader reads (``splitnn.data.datasets.load_npz``).
 
 from __future__ import annotations
 
-from splitnn.errors import DataError
-
 import json
 import os
 import re
@@ -19,6 +17,7 @@ import numpy as np
 from splitnn.data.partition import class_counts, parse_scheme
 from splitnn.data.partition import partition as partition_rows
 from splitnn.data.readers import load_source, parse_source
+from splitnn.errors import DataError
 
 SUMMARY_FILE = "summary.json"
 TEST_SEED_OFFSET = 1_000_003

@@ -1,0 +1,90 @@
+"""Where a run's segments live, and moving them: the initial weights as plain PyTorch
+builds them, a checkpoint's states, the perimeter handed from one owner to the next,
+export at the end, and dropping them from every worker when the run is done."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from splitnn.errors import SplitnnError
+from splitnn.model import layers as layer_specs
+from splitnn.orchestrator.config import Config
+
+# The global RNG is what plain PyTorch code uses to build a model; runs started
+# from several threads of one process must not interleave their draws.
+_GLOBAL_RNG = threading.Lock()
+
+
+def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
+    """Segment weights as plain PyTorch builds them: manual_seed, then segments in order."""
+    with _GLOBAL_RNG, torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        states = []
+        for seg in config.segments:
+            module = layer_specs.build_segment(seg.layers, f"segments[{seg.index}]")
+            states.append(
+                {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+            )
+    return states
+
+
+@dataclass
+class SegmentPlacement:
+    """The host of every segment of one run, and the calls that load and move them."""
+
+    config: Config
+    clients: dict
+    run_id: str
+    location: dict[int, str] = field(default_factory=dict)
+
+    def load_initial(self) -> None:
+        """Load every segment with its initial weights where the first owner needs it."""
+        placement = self.config.placement(self.config.owners[0])
+        self.load(
+            [placement[seg.index] for seg in self.config.segments], initial_states(self.config)
+        )
+
+    def load(self, hosts: list[str], states: list[dict[str, torch.Tensor]]) -> None:
+        """Load segment i on hosts[i] with states[i] (weights, optimizer state)."""
+        for seg, host, state in zip(self.config.segments, hosts, states, strict=True):
+            self.clients[host].load_segment(
+                self.run_id, seg.index, seg.layers, self.config.optimizer, state
+            )
+            self.location[seg.index] = host
+
+    def export(self, index: int) -> dict[str, torch.Tensor]:
+        """A segment's weights and optimizer state, from the host that holds it."""
+        return self.clients[self.location[index]].export_segment(self.run_id, index)
+
+    def export_all(self) -> list[dict[str, torch.Tensor]]:
+        """Every segment's state, in chain order."""
+        return [self.export(seg.index) for seg in self.config.segments]
+
+    def hand_over(self, placement: list[str]) -> bool:
+        """Move perimeter segments, weights and optimizer state both, to the new owner;
+        True if anything moved."""
+        moved = False
+        for seg in self.config.segments:
+            old, new = self.location[seg.index], placement[seg.index]
+            if old == new:
+                continue
+            moved = True
+            self.clients[old].drain()
+            state = self.export(seg.index)
+            self.clients[new].load_segment(
+                self.run_id, seg.index, seg.layers, self.config.optimizer, state
+            )
+            self.clients[old].drop_segment(self.run_id, seg.index)
+            self.location[seg.index] = new
+        return moved
+
+    def cleanup(self) -> None:
+        """Drop the run's segments from every worker (best effort)."""
+        for index, host in self.location.items():
+            try:
+                self.clients[host].drop_segment(self.run_id, index)
+            except SplitnnError:
+                pass
