@@ -25,8 +25,10 @@ def _lane(key: OpKey) -> tuple:
 
 
 def _bytes(entry) -> int:
-    tensor = getattr(entry[-1] if isinstance(entry, tuple) else entry, "tensor", None)
-    return 0 if tensor is None else tensor.numel() * tensor.element_size()
+    """Tensor bytes an entry holds: an (op, answer) pair, or an answer."""
+    parts = entry if isinstance(entry, tuple) else (entry,)
+    tensors = [getattr(part, "tensor", None) for part in parts]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 class ReplayCache:

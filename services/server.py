@@ -86,8 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     sec.add_argument(
         "--token-file",
         metavar="PATH",
-        help="refuse calls without metadata 'authorization: Bearer <token in PATH>'; "
-        "sent to peers too",
+        help="per-identity tokens, one 'NAME TOKEN' (or 'NAME sha256:HEX') line each: "
+        "calls without a listed token are refused; this worker sends its own --name's "
+        "token to its peers (a file of one bare token: a token shared by all)",
     )
     sec.add_argument(
         "--insecure",
@@ -124,6 +125,7 @@ def worker_security(args: argparse.Namespace) -> Security | None:
             cert=cert and Path(cert),
             key=key and Path(key),
             token_file=token_file and Path(token_file),
+            identity=args.name,
         )
         security.check_files()
     elif not getattr(args, "insecure", False):

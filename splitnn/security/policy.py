@@ -1,7 +1,8 @@
-"""Who may talk to a worker: mutual TLS and a shared bearer token.
+"""How a party proves who it is: mutual TLS and per-identity bearer tokens.
 
 `Security` holds one party's credentials (a CA, its own certificate and key,
-and/or a token). The same object serves both ends:
+and/or a token file, see splitnn.security.identity) and its identity. The same
+object serves both ends:
 
 - a worker builds its server credentials (client certificates signed by the CA
   required) and a `TokenInterceptor` from it, and dials its peers with it when it
@@ -12,7 +13,6 @@ and/or a token). The same object serves both ends:
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from splitnn.errors import SecurityError
+from splitnn.security.identity import SHARED, TokenTable, parse_tokens, read_tokens
 
 log = logging.getLogger("splitnn.security")
 
@@ -29,21 +30,6 @@ BEARER = "Bearer "
 # Methods answered without a token: the standard health probe says only "up", and
 # container health checks run it without secrets. TLS, when on, still applies.
 TOKEN_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-def read_token(path: Path | str) -> str:
-    """The token in `path`, stripped of surrounding whitespace; never empty."""
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as err:
-        raise SecurityError(f"cannot read token file {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise SecurityError(f"token file {path} is not text") from None
-    if not token:
-        raise SecurityError(f"token file {path} is empty")
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise SecurityError(f"token file {path}: the token must be one line without spaces")
-    return token
 
 
 def _read_pem(path: Path, what: str) -> bytes:
@@ -73,7 +59,9 @@ class Security:
     """One party's credentials. TLS needs all of `ca`, `cert` and `key` (mutual TLS);
     `token` (read from `token_file` when given that way) is sent / required as
     `authorization: Bearer <token>`. `host_cert_dir`, when set, holds HOST.pem and
-    HOST.key for workers this process starts itself (``--local``)."""
+    HOST.key for workers this process starts itself (``--local``). `identity` is who
+    this party is (its token file line, its certificate's name); `tokens` every
+    identity the token file names, which a worker accepts."""
 
     ca: Path | None = None
     cert: Path | None = None
@@ -81,6 +69,8 @@ class Security:
     token: str | None = None
     token_file: Path | None = None
     host_cert_dir: Path | None = None
+    identity: str = SHARED
+    tokens: TokenTable | None = None
 
     def __post_init__(self):
         given = [x is not None for x in (self.ca, self.cert, self.key)]
@@ -90,9 +80,13 @@ class Security:
                 "(--tls-ca, --tls-cert, --tls-key, or --tls-dir)"
             )
         if self.token is None and self.token_file is not None:
-            object.__setattr__(self, "token", read_token(self.token_file))
-        if self.token is not None and not self.token:
-            raise SecurityError("the token is empty")
+            tokens = read_tokens(self.token_file)
+            object.__setattr__(self, "tokens", tokens)
+            object.__setattr__(self, "token", tokens.token_for(self.identity))
+        elif self.token is not None and self.tokens is None:
+            if not self.token:
+                raise SecurityError("the token is empty")
+            object.__setattr__(self, "tokens", parse_tokens(self.token, "token"))
 
     # ---- constructors ----------------------------------------------------------
 
@@ -128,6 +122,7 @@ class Security:
             key=Path(key) if key else None,
             token_file=Path(token_file) if token_file else None,
             host_cert_dir=host_dir,
+            identity=identity,
         )
         security.check_files()
         return security
@@ -161,8 +156,8 @@ class Security:
         )
 
     def server_interceptors(self) -> list:
-        """The token check, when a token is set."""
-        return [TokenInterceptor(self.token)] if self.token else []
+        """The token check, when tokens are set."""
+        return [TokenInterceptor(self.tokens)] if self.tokens else []
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """Client TLS credentials: verify the server against the CA, present our cert."""
@@ -233,24 +228,34 @@ class Security:
         return args
 
 
+def bearer_token(metadata) -> str | None:
+    """The token of a call's one `authorization: Bearer <token>` entry, if it has one."""
+    values = [v for k, v in (metadata or ()) if k.lower() == AUTH_HEADER]
+    if len(values) != 1:
+        return None
+    value = values[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value[len(BEARER) :] if value.startswith(BEARER) else None
+
+
+def token_identity(tokens: TokenTable, metadata) -> str | None:
+    """The identity whose token a call carries, or None."""
+    token = bearer_token(metadata)
+    return None if token is None else tokens.identify(token)
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call (unary or streaming) without `authorization: Bearer <token>`
-    with UNAUTHENTICATED, before the handler runs. Compares in constant time."""
+    of an identity in the token table with UNAUTHENTICATED, before the handler runs.
+    Compares in constant time."""
 
-    def __init__(self, token: str, exempt_prefixes=TOKEN_EXEMPT_PREFIXES):
-        if not token:
-            raise SecurityError("the token is empty")
-        self._expected = (BEARER + token).encode()
+    def __init__(self, tokens: TokenTable, exempt_prefixes=TOKEN_EXEMPT_PREFIXES):
+        self._tokens = tokens
         self._exempt = tuple(exempt_prefixes)
 
     def _authorized(self, metadata) -> bool:
-        values = [v for k, v in (metadata or ()) if k.lower() == AUTH_HEADER]
-        if len(values) != 1:
-            return False
-        value = values[0]
-        if isinstance(value, str):
-            value = value.encode("utf-8", "replace")
-        return hmac.compare_digest(value, self._expected)
+        return token_identity(self._tokens, metadata) is not None
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
