@@ -33,6 +33,40 @@ class OwedWork:
             step_chain(self.chain)
 
 
+class OwedLedger:
+    """Work that backward passes put off until their input gradient was out, by batch
+    key (run, segments, batch id, micro-batch), paid in the order it was owed: the
+    same sums, in the same order, as one backward pass each."""
+
+    def __init__(self):
+        self._work: dict[tuple, OwedWork] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._work)
+
+    def add(self, key: tuple, work: OwedWork) -> None:
+        """Owe `work` for the batch `key`."""
+        self._work[key] = work
+
+    def pay(self, run_id: str, indices) -> None:
+        """Pay what is owed on any of these segments of the run."""
+        if not self._work:
+            return
+        wanted = set(indices)
+        for key in [k for k in self._work if k[0] == run_id and wanted.intersection(k[1])]:
+            self._work.pop(key).pay()
+
+    def pay_all(self) -> None:
+        """Pay everything owed, of every run."""
+        for key in list(self._work):
+            self._work.pop(key).pay()
+
+    def discard_run(self, run_id: str) -> None:
+        """Forget, unpaid, what a run owes (the run is being dropped)."""
+        for key in [k for k in self._work if k[0] == run_id]:
+            del self._work[key]
+
+
 def all_finite(tensor: torch.Tensor) -> bool:
     """True when no element is NaN or Inf: one reduction instead of a mask (NaN and Inf
     propagate through a sum; only a sum past 1e308 of finite values reads as Inf)."""

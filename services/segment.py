@@ -22,12 +22,25 @@ def batch_name(key: BatchKey) -> str:
 
 @dataclass
 class Limits:
-    """Caps that keep one caller from exhausting the worker."""
+    """Caps that keep one caller from exhausting the worker: on the whole worker, and
+    (so that one run or one orchestrator cannot take it all) per run and per identity.
+    `max_parameters` counts every hosted segment's parameters together."""
 
     max_segments: int = 64
     max_parameters: int = layer_specs.DEFAULT_MAX_PARAMETERS
     max_pending_batches: int = 64
     max_tensor_bytes: int = 1 << 30
+    # Rows one op may name (a batch, an evaluation batch).
+    max_rows: int = 1 << 16
+    # How long a run may go unused before the worker drops it (services.runs).
+    lease_seconds: float = 600.0
+    # Shares of the worker's caps one run, and one identity's runs together, may hold.
+    run_share: float = 0.5
+    identity_share: float = 0.75
+
+    def share(self, cap: int, of_run: bool) -> int:
+        """A cap for one run (`of_run`) or one identity."""
+        return max(1, int(cap * (self.run_share if of_run else self.identity_share)))
 
 
 @dataclass

@@ -20,13 +20,13 @@ from splitnn.errors import (
     InvalidArgument,
     NotFound,
     NumericalError,
-    ResourceExhausted,
 )
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.model.losses import count_correct
+from splitnn.services import inputs, quota
 from splitnn.services.chain import (
-    OwedWork,
+    OwedLedger,
     all_finite,
     apply_chain,
     backward_chain,
@@ -40,14 +40,15 @@ from splitnn.services.chain import (
     step_chain,
 )
 from splitnn.services.replay import ReplayCache
+from splitnn.services.runs import Runs
 from splitnn.services.segment import (
-    BatchKey,
     ForwardResult,
     Limits,
     PendingBatch,
     Segment,
     batch_name,
 )
+from splitnn.services.sizes import ActivationSizes
 from splitnn.wire.ops import OpKey, OpKind
 
 
@@ -67,8 +68,10 @@ class SegmentHost:
         # gradient was out, by (run, segments, batch id, micro-batch), paid in the order
         # they were owed. Any other use of those segments pays them first; the handler
         # that answered pays them otherwise (see settle).
-        self._owed: dict[BatchKey, OwedWork] = {}
+        self._owed = OwedLedger()
         self.replay = ReplayCache()
+        self.runs = Runs(self.limits.lease_seconds)
+        self.sizes = ActivationSizes(self.limits.max_tensor_bytes)
 
     # ---- loading, export, drop -------------------------------------------------
 
@@ -80,15 +83,19 @@ class SegmentHost:
         optimizer_spec: dict,
         state: dict[str, torch.Tensor] | None,
         replace: bool = False,
+        owner: str | None = None,
+        callers=(),
     ) -> Segment:
-        """Build a segment from its spec and state; nothing changes if any part is bad."""
+        """Build a segment from its spec and state; nothing changes if any part is bad.
+        A new run belongs to `owner`; `callers` are the peers that may send its ops."""
         check_run_id(run_id)
         where = f"segment {index}"
         layer_specs.validate_spec(layers, where)
         optimizer_spec = optim_specs.normalize(optimizer_spec, f"{where}.optimizer")
         key = (run_id, index)
+        parameters = layer_specs.count_parameters(layers, where)
         with self._lock:
-            self._check_slot(key, replace)
+            self._check_slot(key, replace, owner, parameters)
         module = layer_specs.build_segment(layers, where, self.limits.max_parameters)
         # One explicit param group: torch refuses a bare empty parameter list, and a
         # parameter-free segment (Identity, ReLU, Flatten...) is legitimate.
@@ -99,28 +106,30 @@ class SegmentHost:
             load_state(module, optimizer, state, where)
         segment = Segment(run_id, index, layers, optimizer_spec, module, optimizer)
         with self._lock:
-            self._check_slot(key, replace)  # again: another load may have won meanwhile
+            # Again: another load may have won meanwhile.
+            self._check_slot(key, replace, owner, parameters)
             # Owed work of a chain with the replaced segment: the other segments' part
             # still counts (the replaced one's is paid into the discarded object).
-            self._pay_owed(run_id, [index])
+            self._owed.pay(run_id, [index])
             self._drop_pending(run_id, index)
             self.replay.forget_segment(run_id, index)
             self._segments[key] = segment
+            self.runs.claim(run_id, owner, callers)
+            self.sizes.forget()
         return segment
 
-    def _check_slot(self, key: tuple[str, int], replace: bool) -> None:
+    def _check_slot(self, key: tuple[str, int], replace: bool, owner, parameters: int) -> None:
         run_id, index = key
         if key in self._segments and not replace:
-            raise AlreadyExists(f"run {run_id!r} already has segment {index} here")
-        if key not in self._segments and len(self._segments) >= self.limits.max_segments:
-            raise ResourceExhausted(
-                f"worker {self.name} already hosts {self.limits.max_segments} segments"
-            )
+            raise AlreadyExists(f"run {run_id[:64]!r} already has segment {index} here")
+        held = [(k[0], s.parameter_count) for k, s in self._segments.items() if k != key]
+        owner_runs = self.runs.owned_by(owner)
+        quota.check_load(self.limits, held, run_id, owner_runs, parameters, self.name)
 
     def export_segment(self, run_id: str, index: int) -> dict[str, torch.Tensor]:
         """The segment's weights, buffers and optimizer state as named tensors."""
         with self._lock:
-            self._pay_owed(run_id, [index])
+            self._owed.pay(run_id, [index])
             segment = self._segment(run_id, index)
             state = {f"model.{k}": v for k, v in segment.module.state_dict().items()}
             state.update(
@@ -131,18 +140,41 @@ class SegmentHost:
     def drop_segment(self, run_id: str, index: int) -> None:
         """Forget a segment and whatever batches it was part of."""
         with self._lock:
-            self._pay_owed(run_id, [index])
+            self._owed.pay(run_id, [index])
             self._segment(run_id, index)
             del self._segments[(run_id, index)]
             self._drop_pending(run_id, index)
             self.replay.forget_segment(run_id, index)
+            self.sizes.forget()
+            if not any(k[0] == run_id for k in self._segments):
+                self.runs.forget(run_id)
+
+    def drop_run(self, run_id: str) -> int:
+        """Forget a whole run: its segments, batches in flight, work owed (not paid: no
+        one will read its weights) and stored answers. Returns the segments dropped."""
+        with self._lock:
+            indices = [k[1] for k in self._segments if k[0] == run_id]
+            self._owed.discard_run(run_id)
+            for index in indices:
+                del self._segments[(run_id, index)]
+                self._drop_pending(run_id, index)
+                self.replay.forget_segment(run_id, index)
+            self.runs.forget(run_id)
+            self.sizes.forget()
+            return len(indices)
+
+    def drop_lapsed_runs(self) -> list[str]:
+        """Drop every run whose lease lapsed (unused for limits.lease_seconds)."""
+        lapsed = self.runs.lapsed()
+        for run_id in lapsed:
+            self.drop_run(run_id)
+        return lapsed
 
     def segments(self) -> list[Segment]:
         """Hosted segments, ordered by run and index, with their owed work paid so that
         their weights are current."""
         with self._lock:
-            for key in list(self._owed):
-                self._owed.pop(key).pay()
+            self._owed.pay_all()
             return [self._segments[k] for k in sorted(self._segments)]
 
     def pending_count(self, run_id: str, index: int) -> int:
@@ -196,12 +228,19 @@ class SegmentHost:
                     raise FailedPrecondition(
                         f"batch {batch_name(key)} is already in flight through segments {indices}"
                     )
-                if len(self._pending) >= self.limits.max_pending_batches:
-                    raise ResourceExhausted(
-                        f"{len(self._pending)} batches await Backward on worker {self.name}"
-                    )
-            x = self._forward_input(chain, input, data)
-            target = self._labels(loss, x.shape[0]) if loss is not None else None
+                quota.check_pending(
+                    self.limits,
+                    lambda: [k[0] for k in self._pending],
+                    len(self._pending),
+                    run_id,
+                    self.runs.owned_by(self._owner(run_id)),
+                    self.name,
+                )
+            x = inputs.forward_input(chain, input, data, self.dataset, self.limits)
+            self.sizes.check(chain, x, train)
+            target = None
+            if loss is not None:
+                target = inputs.labels(loss, x.shape[0], self.dataset, self.limits)
             saved = snapshot_buffers(chain)
             # Only a training forward with a loss touches gradients before it can fail;
             # gradients accumulated by earlier batches must survive a refused one.
@@ -250,7 +289,7 @@ class SegmentHost:
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if owed is not None:
-            self._owed[key] = owed
+            self._owed.add(key, owed)
         if step:
             step_chain(chain)
         return ForwardResult(
@@ -299,7 +338,7 @@ class SegmentHost:
                 )
             del self._pending[key]
             if owed is not None:
-                self._owed[key] = owed
+                self._owed.add(key, owed)
             elif step:
                 step_chain(chain)
             return input_grad
@@ -312,29 +351,18 @@ class SegmentHost:
         if not self._owed:
             return
         with self._lock:
-            self._pay_owed(run_id, indices)
-
-    def _pay_owed(self, run_id: str, indices) -> None:
-        if not self._owed:
-            return
-        wanted = set(indices)
-        for key in [k for k in self._owed if k[0] == run_id and wanted.intersection(k[1])]:
-            self._owed.pop(key).pay()  # in the order owed: the same sums as one pass
+            self._owed.pay(run_id, indices)
 
     def step(self, run_id: str, indices: list[int]) -> None:
         """Apply each segment's optimizer to its accumulated gradients."""
         with self._lock:
             chain = self._chain(run_id, indices)
-            if self.has_pending(run_id, indices):
+            wanted = set(indices)
+            if any(k[0] == run_id and wanted & set(k[1]) for k in self._pending):
                 raise FailedPrecondition(
                     f"segments {indices} still await Backward; Step would use partial gradients"
                 )
             step_chain(chain)
-
-    def has_pending(self, run_id: str, indices: list[int]) -> bool:
-        """True while a batch through any of these segments awaits Backward."""
-        wanted = set(indices)
-        return any(k[0] == run_id and wanted & set(k[1]) for k in self._pending)
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -344,36 +372,19 @@ class SegmentHost:
             raise NotFound(f"worker {self.name} hosts no segment {index} of run {run_id!r}")
         return segment
 
+    def _owner(self, run_id: str) -> str | None:
+        run = self.runs.get(run_id)
+        return None if run is None else run.owner
+
     def _chain(self, run_id: str, indices: list[int]) -> list[Segment]:
         check_run_id(run_id)
-        self._pay_owed(run_id, indices)
+        self.runs.touch(run_id)
+        self._owed.pay(run_id, indices)
         if not indices:
             raise InvalidArgument("no segments named")
         if any(b != a + 1 for a, b in zip(indices, indices[1:], strict=False)):
             raise InvalidArgument(f"segments {list(indices)} are not consecutive")
         return [self._segment(run_id, i) for i in indices]
-
-    def _forward_input(self, chain, input, data) -> torch.Tensor:
-        if (input is None) == (data is None):
-            raise InvalidArgument("Forward needs exactly one of an input tensor or a data source")
-        if data is not None:
-            dataset_name, rows = data
-            return self.dataset(dataset_name).features(rows)
-        expected = chain[0].dtype
-        if input.dtype != expected:
-            raise InvalidArgument(
-                f"input dtype {input.dtype} does not match segment dtype {expected}"
-            )
-        if input.dim() == 0:
-            raise InvalidArgument("input must have a batch dimension")
-        return input
-
-    def _labels(self, loss, batch_rows: int) -> torch.Tensor:
-        _, dataset_name, rows = loss
-        y = self.dataset(dataset_name).labels(rows)
-        if y.shape[0] != batch_rows:
-            raise InvalidArgument(f"loss names {y.shape[0]} label rows for a batch of {batch_rows}")
-        return y
 
     def dataset(self, name: str) -> Dataset:
         """A dataset this worker holds, by name."""

@@ -448,7 +448,7 @@ def test_refused_forward_keeps_gradients_accumulated_by_earlier_batches(host):
 
 
 def test_max_pending_batches_is_resource_exhausted():
-    host = host_with_pair(reference_pair(), max_pending_batches=2)
+    host = host_with_pair(reference_pair(), max_pending_batches=2, run_share=1, identity_share=1)
     host.forward(RUN, [0], 1, input=torch.zeros(2, 4))
     host.forward(RUN, [0], 2, input=torch.zeros(2, 4))
 
@@ -464,7 +464,7 @@ def test_max_pending_batches_is_resource_exhausted():
 
 
 def test_max_segments_is_resource_exhausted():
-    host = make_host(max_segments=2)
+    host = make_host(max_segments=2, run_share=1, identity_share=1)
     host.load_segment(RUN, 0, SEG0, SGD, None)
     host.load_segment(RUN, 1, SEG1, SGD, None)
 
@@ -476,7 +476,7 @@ def test_max_segments_is_resource_exhausted():
 
 
 def test_max_parameters_is_resource_exhausted():
-    host = make_host(max_parameters=10)
+    host = make_host(max_parameters=10, run_share=1, identity_share=1)
 
     with pytest.raises(ResourceExhausted, match="parameters"):
         host.load_segment(RUN, 0, SEG0, SGD, None)

@@ -374,7 +374,9 @@ def test_row_index_out_of_range_is_invalid_argument(loaded):
 def test_too_many_pending_batches_is_resource_exhausted():
     from splitnn.services.segment_host import Limits
 
-    running, stop = start_worker(limits=Limits(max_pending_batches=1))
+    running, stop = start_worker(
+        limits=Limits(max_pending_batches=1, run_share=1, identity_share=1)
+    )
     try:
         load(running.stub, 0, SEG0)
         forward(running.stub, forward_op([0], batch_id=1), torch.zeros(2, 4))

@@ -221,6 +221,14 @@ def _construct(layers: list, where: str) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def build_meta(layers: list, where: str = "segment") -> nn.Sequential:
+    """A segment built on the meta device: shapes without storage, to compute what a
+    forward would allocate before running it."""
+    validate_spec(layers, where)
+    with torch.device("meta"):
+        return _construct(layers, where)
+
+
 def count_parameters(layers: list, where: str = "segment") -> int:
     """Parameter count of a spec, computed on the meta device (allocates nothing)."""
     validate_spec(layers, where)

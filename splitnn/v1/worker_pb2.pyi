@@ -113,16 +113,18 @@ class SegmentSpec(_message.Message):
     def __init__(self, index: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ...) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("run_id", "spec", "state", "replace")
+    __slots__ = ("run_id", "spec", "state", "replace", "callers")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    CALLERS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: SegmentSpec
     state: _tensor_pb2.BlobChunk
     replace: bool
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[SegmentSpec, _Mapping]] = ..., state: _Optional[_Union[_tensor_pb2.BlobChunk, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
+    callers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[SegmentSpec, _Mapping]] = ..., state: _Optional[_Union[_tensor_pb2.BlobChunk, _Mapping]] = ..., replace: _Optional[bool] = ..., callers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("index", "parameter_count")
