@@ -35,12 +35,7 @@ def evaluate_model(config: Config, clients: dict, model_path: Path, dataset: str
         trainer._check_workers(extra=[dataset])
         placement = config.placement(owner)
         try:
-            for seg, state in zip(config.segments, states, strict=True):
-                host = placement[seg.index]
-                clients[host].load_segment(
-                    trainer.run_id, seg.index, seg.layers, config.optimizer, state
-                )
-                trainer.location[seg.index] = host
+            trainer.hosts.load([placement[seg.index] for seg in config.segments], states)
             results[owner] = trainer.evaluate(owner, plan_stages(placement), dataset)
         finally:
             trainer.cleanup()

@@ -47,13 +47,25 @@ class SegmentPlacement:
             [placement[seg.index] for seg in self.config.segments], initial_states(self.config)
         )
 
+    @property
+    def callers(self) -> list[str]:
+        """The workers that may send this run's ops to one another: all its hosts, by
+        the identities they prove (the host name, which a token names, and the
+        certificate's name where the config gives one as server_name)."""
+        names = set(self.config.workers)
+        names.update(w.server_name for w in self.config.workers.values() if w.server_name)
+        return sorted(names)
+
+    def _load(self, host: str, seg, state: dict[str, torch.Tensor]) -> None:
+        self.clients[host].load_segment(
+            self.run_id, seg.index, seg.layers, self.config.optimizer, state, callers=self.callers
+        )
+        self.location[seg.index] = host
+
     def load(self, hosts: list[str], states: list[dict[str, torch.Tensor]]) -> None:
         """Load segment i on hosts[i] with states[i] (weights, optimizer state)."""
         for seg, host, state in zip(self.config.segments, hosts, states, strict=True):
-            self.clients[host].load_segment(
-                self.run_id, seg.index, seg.layers, self.config.optimizer, state
-            )
-            self.location[seg.index] = host
+            self._load(host, seg, state)
 
     def export(self, index: int) -> dict[str, torch.Tensor]:
         """A segment's weights and optimizer state, from the host that holds it."""
@@ -74,11 +86,8 @@ class SegmentPlacement:
             moved = True
             self.clients[old].drain()
             state = self.export(seg.index)
-            self.clients[new].load_segment(
-                self.run_id, seg.index, seg.layers, self.config.optimizer, state
-            )
+            self._load(new, seg, state)
             self.clients[old].drop_segment(self.run_id, seg.index)
-            self.location[seg.index] = new
         return moved
 
     def cleanup(self) -> None:

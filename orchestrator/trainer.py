@@ -85,7 +85,8 @@ class Trainer:
 
         With `resume`, continue from a checkpoint instead of the initial weights.
         The workers forget the run's segments at the end unless `keep_segments`
-        (then call cleanup() when done with them)."""
+        (then call cleanup() when done with them); on a failure or an interrupt they
+        forget them in any case (a checkpoint on disk is what --resume reads)."""
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -131,12 +132,17 @@ class Trainer:
                 self.out_dir / "curves.png",
                 config.name,
             )
-        except WorkerError as err:
-            raise RunError(
-                f"{err} (owner {self._owner_at(self.cursor.turn)}, turn {self.cursor.turn}, "
-                f"epoch {self.cursor.epoch + 1}, step {self.cursor.step + 1}); "
-                f"outputs so far are in {self.out_dir}/"
-            ) from None
+        except BaseException as err:
+            # Failed, interrupted (Ctrl-C, SIGTERM) or killed midway: nothing of this run
+            # stays on the workers. What --resume needs is the checkpoint on disk.
+            self.cleanup()
+            if isinstance(err, WorkerError):
+                raise RunError(
+                    f"{err} (owner {self._owner_at(self.cursor.turn)}, turn "
+                    f"{self.cursor.turn}, epoch {self.cursor.epoch + 1}, step "
+                    f"{self.cursor.step + 1}); outputs so far are in {self.out_dir}/"
+                ) from None
+            raise
         finally:
             metrics.close()
             report = self._report(time.monotonic() - started)

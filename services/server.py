@@ -11,14 +11,22 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
 
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.security.access import DEFAULT_ORCHESTRATORS, AccessPolicy
 from splitnn.security.policy import Security, is_loopback
 from splitnn.services.driver import Driver
+from splitnn.services.guard import (
+    DEFAULT_CALLS_PER_IDENTITY,
+    DEFAULT_IDLE_SECONDS,
+    CallSlots,
+    IdleWatch,
+)
 from splitnn.services.health import add_health_and_reflection
 from splitnn.services.registration import add_worker_service
 from splitnn.services.segment_host import Limits, SegmentHost
@@ -61,10 +69,48 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="driving a chain, poll this long for a peer's answer before sleeping "
         "(default %(default)s; 0: never poll busily)",
     )
+    p.add_argument(
+        "--orchestrator",
+        action="append",
+        metavar="NAME",
+        help="an identity that may run training here (load, export, drop, drive, status); "
+        "repeatable; default: orchestrator. Other identities are peers: they may only send "
+        "the ops of runs that name them",
+    )
     p.add_argument("--max-segments", type=int, default=64)
-    p.add_argument("--max-parameters", type=int, default=Limits.max_parameters)
+    p.add_argument(
+        "--max-parameters",
+        type=int,
+        default=Limits.max_parameters,
+        help="parameters of all hosted segments together",
+    )
     p.add_argument("--max-pending", type=int, default=64, help="batches awaiting Backward")
     p.add_argument("--max-tensor-mb", type=int, default=1024)
+    p.add_argument("--max-rows", type=int, default=Limits.max_rows, help="rows one op may name")
+    p.add_argument(
+        "--run-lease-s",
+        type=float,
+        default=Limits.lease_seconds,
+        help="drop a run unused this long (its orchestrator died); default %(default)s",
+    )
+    p.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=DEFAULT_IDLE_SECONDS,
+        help="cancel a stream whose caller sent nothing for this long; default %(default)s",
+    )
+    p.add_argument(
+        "--max-calls-per-identity",
+        type=int,
+        default=DEFAULT_CALLS_PER_IDENTITY,
+        help="calls one identity may hold open at once; default %(default)s",
+    )
+    p.add_argument(
+        "--handler-threads",
+        type=int,
+        default=64,
+        help="threads serving calls (each open stream holds one); default %(default)s",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--exit-with-parent",
@@ -98,6 +144,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.busy_poll_us < 0:
         p.error(f"--busy-poll-us must be at least 0, not {args.busy_poll_us}")
+    if args.handler_threads <= args.max_calls_per_identity:
+        p.error("--handler-threads must exceed --max-calls-per-identity (room for others)")
+    for name in ("run_lease_s", "idle_timeout_s"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    args.orchestrator = args.orchestrator or list(DEFAULT_ORCHESTRATORS)
     return args
 
 
@@ -162,24 +214,53 @@ def build(args: argparse.Namespace):
         max_parameters=args.max_parameters,
         max_pending_batches=args.max_pending,
         max_tensor_bytes=args.max_tensor_mb << 20,
+        max_rows=args.max_rows,
+        lease_seconds=args.run_lease_s,
     )
     host = SegmentHost(args.name, load_datasets(args.data), limits)
+    threads = args.handler_threads
     if security is None:
-        server, port = create_server(args.listen)
+        server, port = create_server(args.listen, max_workers=threads)
         peer_factory = None  # the Driver's plain AsyncExchangeClient
+        access = AccessPolicy(args.orchestrator)
     else:
         server, port = create_server(
             args.listen,
+            max_workers=threads,
             interceptors=security.server_interceptors(),
             credentials=security.server_credentials(),
         )
+        access = AccessPolicy(args.orchestrator, tls=security.tls, tokens=security.tokens)
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
         peer_factory = security.client_factory(AsyncExchangeClient)
     driver = Driver(host, client_factory=peer_factory, spin_seconds=args.busy_poll_us / 1e6)
-    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
+    servicer = WorkerServicer(
+        host,
+        codec.DEFAULT_CHUNK_BYTES,
+        driver=driver,
+        access=access,
+        slots=CallSlots(args.max_calls_per_identity),
+        idle=IdleWatch(args.idle_timeout_s),
+    )
+    add_worker_service(servicer, server)
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
     return host, server, port
+
+
+def start_lease_keeper(host: SegmentHost) -> threading.Thread:
+    """A thread that drops the runs whose lease lapsed, a few times per lease."""
+    period = max(0.05, min(30.0, host.limits.lease_seconds / 4))
+
+    def keep() -> None:
+        while True:
+            time.sleep(period)
+            for run_id in host.drop_lapsed_runs():
+                log.warning("run %s unused for %.0fs: dropped", run_id, host.limits.lease_seconds)
+
+    thread = threading.Thread(target=keep, name="lease-keeper", daemon=True)
+    thread.start()
+    return thread
 
 
 def _exit_with_parent() -> None:
@@ -217,6 +298,7 @@ def main(argv=None) -> int:
     gc.collect()
     gc.freeze()
     server.start()
+    start_lease_keeper(host)
     bind_host = args.listen.rsplit(":", 1)[0]
     print(f"splitnn-worker {args.name} listening on {bind_host}:{port}", flush=True)
     stop = threading.Event()

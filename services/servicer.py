@@ -1,7 +1,9 @@
-"""gRPC adapter over SegmentHost: decode requests, call the host, encode answers.
+"""gRPC adapter over SegmentHost: identify the caller, apply the access policy, decode
+requests, call the host, encode answers.
 
 The only place where domain errors become status codes, by the one table beside
-them (splitnn.errors.STATUS_CODES).
+them (splitnn.errors.STATUS_CODES), and where every RPC meets the policy of
+splitnn.security.access before it touches anything.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import grpc
 from splitnn.errors import InvalidArgument, SplitnnError, WorkerError, status_code
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
+from splitnn.security.access import AccessPolicy, Caller
 from splitnn.services import ops
 from splitnn.services.driver import Driver
+from splitnn.services.guard import CallSlots, IdleWatch
 from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
 from splitnn.wire import codec
@@ -31,46 +35,83 @@ def _errors_to_status(context: grpc.ServicerContext):
     except WorkerError as err:  # a peer this worker called (when driving) failed
         # ABORTED, not the peer's code: the caller must not retry the whole Drive
         # for a peer that this worker has already retried.
-        context.abort(grpc.StatusCode.ABORTED, str(err))
+        context.abort(grpc.StatusCode.ABORTED, _details(str(err)))
     except SplitnnError as err:
-        context.abort(status_code(err), f"{type(err).__name__}: {err}")
+        context.abort(status_code(err), _details(f"{type(err).__name__}: {err}"))
     except grpc.RpcError:
         raise
     except Exception as err:  # keep serving; say what broke
         if type(err).__name__ == "_AbortError" or isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         log.exception("unexpected error")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
+        context.abort(grpc.StatusCode.INTERNAL, _details(f"internal error: {type(err).__name__}"))
+
+
+# Error details are cut to this: a request's own strings (a dataset name, a run id)
+# can be long, and gRPC refuses metadata past its limit with a useless error instead.
+MAX_DETAILS = 1024
+
+
+def _details(text: str) -> str:
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= MAX_DETAILS:
+        return text
+    return encoded[: MAX_DETAILS - 3].decode("utf-8", "ignore") + "..."
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    """Adapts WorkerService RPCs to a SegmentHost."""
+    """Adapts WorkerService RPCs to a SegmentHost, for callers the policy lets through."""
 
     def __init__(
-        self, host: SegmentHost, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES, driver=None
+        self,
+        host: SegmentHost,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        driver=None,
+        access: AccessPolicy | None = None,
+        slots: CallSlots | None = None,
+        idle: IdleWatch | None = None,
     ):
         self.host = host
         self.chunk_bytes = chunk_bytes
         self.driver = driver if driver is not None else Driver(host)
+        self.access = access or AccessPolicy()
+        self.slots = slots or CallSlots()
+        self.idle = idle or IdleWatch()
         # Traffic of this worker (approximate under concurrency; for reports).
         self.bytes_received = 0
         self.bytes_sent = 0
 
-    # ---- segment lifecycle -----------------------------------------------------
+    @contextlib.contextmanager
+    def _call(self, rpc: str, context):
+        """Every RPC: errors to status codes, who calls, may it call `rpc`, and one of
+        its identity's call slots for as long as the call lasts."""
+        with _errors_to_status(context):
+            caller = self.access.identify(context)
+            self.access.check_rpc(caller, rpc)
+            with self.slots.hold(caller.name):
+                yield caller
 
-    def _count_in(self, messages):
-        for message in messages:
+    def _incoming(self, requests, context):
+        """A request stream, counted and watched for silence."""
+        for message in self.idle.messages(context, requests):
             self.bytes_received += message.ByteSize()
             yield message
 
+    def _check_run(self, caller: Caller, run_id: str) -> None:
+        run = self.host.runs.get(run_id)
+        self.access.check_run(caller, run_id, run and run.owner, run is not None)
+
+    # ---- segment lifecycle -----------------------------------------------------
+
     def LoadSegment(self, request_iterator, context):
-        with _errors_to_status(context):
+        with self._call("LoadSegment", context) as caller:
             first, blob = None, codec.BlobAssembler(self.host.limits.max_tensor_bytes)
-            for message in self._count_in(request_iterator):
+            for message in self._incoming(request_iterator, context):
                 if first is None:
                     first = message
                     if not message.HasField("spec"):
                         raise InvalidArgument("the first LoadSegment message must carry the spec")
+                    self._check_run(caller, message.run_id)
                 if message.HasField("state"):
                     blob.add(message.state)
             if first is None:
@@ -80,15 +121,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             optimizer_spec = optim_specs.from_proto(spec.optimizer)
             data = blob.blob()
             state = codec.decode_state(data) if data else None
+            self._check_run(caller, first.run_id)  # again: another may have created it
             segment = self.host.load_segment(
-                first.run_id, spec.index, layers, optimizer_spec, state, replace=first.replace
+                first.run_id,
+                spec.index,
+                layers,
+                optimizer_spec,
+                state,
+                replace=first.replace,
+                owner=caller.name,
+                callers=list(first.callers),
             )
             return worker_pb2.LoadSegmentResponse(
                 index=segment.index, parameter_count=segment.parameter_count
             )
 
     def ExportSegment(self, request, context):
-        with _errors_to_status(context):
+        with self._call("ExportSegment", context) as caller:
+            self._check_run(caller, request.run_id)
             state = self.host.export_segment(request.run_id, request.index)
             blob = codec.encode_state(state)
         for chunk in codec.blob_chunks(blob, self.chunk_bytes):
@@ -97,11 +147,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             yield response
 
     def DropSegment(self, request, context):
-        with _errors_to_status(context):
+        with self._call("DropSegment", context) as caller:
+            self._check_run(caller, request.run_id)
             self.host.drop_segment(request.run_id, request.index)
             return worker_pb2.DropSegmentResponse()
 
     def GetStatus(self, request, context):
+        with self._call("GetStatus", context) as caller:
+            return self._status(caller)
+
+    def _status(self, caller: Caller) -> worker_pb2.GetStatusResponse:
+        """What this worker serves, and of the runs only the caller's own."""
         response = worker_pb2.GetStatusResponse(
             name=self.host.name, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent
         )
@@ -113,7 +169,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 x_dtype=str(dataset.x.dtype).removeprefix("torch."),
                 y_dtype=str(dataset.y.dtype).removeprefix("torch."),
             )
+        mine = self.host.runs.owned_by(caller.name)
         for segment in self.host.segments():
+            if segment.run_id not in mine:
+                continue
             response.segments.add(
                 run_id=segment.run_id,
                 index=segment.index,
@@ -125,23 +184,34 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     # ---- training path ---------------------------------------------------------
 
     def Forward(self, request_iterator, context):
-        with _errors_to_status(context):
-            yield from self._serve(self._count_in(request_iterator), OpKind.FORWARD)
+        with self._call("Forward", context) as caller:
+            heads = self._incoming(request_iterator, context)
+            yield from self._serve(caller, heads, OpKind.FORWARD)
 
     def Backward(self, request_iterator, context):
-        with _errors_to_status(context):
-            yield from self._serve(self._count_in(request_iterator), OpKind.BACKWARD)
+        with self._call("Backward", context) as caller:
+            heads = self._incoming(request_iterator, context)
+            yield from self._serve(caller, heads, OpKind.BACKWARD)
 
     def Step(self, request, context):
-        with _errors_to_status(context):
-            return ops.apply(self.host, Op(OpKind.STEP, request)).head
+        with self._call("Step", context) as caller:
+            op = Op(OpKind.STEP, request)
+            self._check_op(caller, op)
+            return ops.apply(self.host, op).head
 
     def Exchange(self, request_iterator, context):
-        with _errors_to_status(context):
-            heads = (unwrap_exchange(m) for m in self._count_in(request_iterator))
-            yield from self._serve(heads, None)
+        with self._call("Exchange", context) as caller:
+            heads = (unwrap_exchange(m) for m in self._incoming(request_iterator, context))
+            yield from self._serve(caller, heads, None)
 
-    def _serve(self, heads, kind: OpKind | None):
+    def _check_op(self, caller: Caller, op: Op) -> None:
+        run = self.host.runs.get(op.head.run_id)
+        if run is None:
+            self.access.check_op(caller, op, None, (), False)
+        else:
+            self.access.check_op(caller, op, run.owner, run.callers, True)
+
+    def _serve(self, caller: Caller, heads, kind: OpKind | None):
         """Apply a stream's ops in order and answer each: inside ExchangeResponses when
         `kind` is None (Exchange), else as bare responses of that kind. A backward pass
         sends its input gradient first: the work it put off (parameter gradients,
@@ -149,6 +219,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         next op waits for it."""
         max_bytes = self.host.limits.max_tensor_bytes
         for op in ops_from_proto(heads, max_bytes, kind):
+            self._check_op(caller, op)
             answer = ops.apply(self.host, op)
             try:
                 for message in reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None):
@@ -158,5 +229,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 self.host.settle(op.head.run_id, op.head.segments)
 
     def Drive(self, request, context):
-        with _errors_to_status(context):
+        with self._call("Drive", context) as caller:
+            self._check_run(caller, request.run_id)
             yield from self.driver.drive(request, context)

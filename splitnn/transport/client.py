@@ -159,14 +159,20 @@ class WorkerClient(PeerSettings, OrderedStream):
         optimizer: dict,
         state: dict[str, torch.Tensor] | None,
         replace: bool = False,
+        callers=(),
     ) -> None:
-        """Create a segment on the worker from its spec and state."""
+        """Create a segment on the worker from its spec and state; `callers` are the
+        other workers that may send the run's ops to it."""
         spec = worker_pb2.SegmentSpec(
             index=index,
             layers=[layer_specs.layer_to_proto(layer) for layer in layers],
             optimizer=optim_specs.to_proto(optimizer),
         )
-        messages = [worker_pb2.LoadSegmentRequest(run_id=run_id, spec=spec, replace=replace)]
+        messages = [
+            worker_pb2.LoadSegmentRequest(
+                run_id=run_id, spec=spec, replace=replace, callers=sorted(callers)
+            )
+        ]
         if state:
             chunks = codec.blob_chunks(codec.encode_state(state), self.chunk_bytes)
             for i, chunk in enumerate(chunks):
