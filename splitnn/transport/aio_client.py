@@ -62,6 +62,8 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
     async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""
         messages = op_to_proto(op, self.chunk_bytes)
+        if not self._pending and self._call is not None and self._call.done():
+            self._end_stream()  # the worker closed it while idle (--idle-timeout-s)
         self._pending.append((op.kind, messages))
         await self._write(messages)
 

@@ -247,7 +247,10 @@ class WorkerClient(PeerSettings, OrderedStream):
     # ---- the Exchange stream ---------------------------------------------------
 
     def _ensure_stream(self) -> queue.SimpleQueue:
-        """The open stream's request queue (opening the stream if need be)."""
+        """The open stream's request queue (opening the stream if need be, also when
+        the worker closed it while nothing was pending: --idle-timeout-s)."""
+        if self._responses is not None and not self._pending and self._responses.done():
+            self._close_stream()
         if self._requests is None or self._responses is None:
             self._requests = queue.SimpleQueue()
             self._responses = self.stub.Exchange(
