@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from splitnn.errors import CheckpointError
 from splitnn.orchestrator.outputs import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -77,21 +78,27 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     """Read DIR/checkpoint.safetensors."""
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        progress = json.loads(f.metadata()["progress"])
-        states: list[dict] = [{} for _ in range(progress["segments"])]
-        for key in f.keys():
-            index, _, rest = key.partition(".")
-            states[int(index)][rest] = f.get_tensor(key)
-    return Checkpoint(
-        config_path=progress["config_path"],
-        cursor=Cursor(**progress["cursor"]),
-        location={int(k): v for k, v in progress["location"].items()},
-        segment_states=states,
-        final_loss=progress["final_loss"],
-        final_test=progress["final_test"],
-        samples=progress["samples"],
-        train_seconds=progress["train_seconds"],
-        metrics_lines=progress["metrics_lines"],
-    )
+        raise CheckpointError(
+            f"no checkpoint at {path}: --resume takes a run directory that "
+            "`splitnn train` checkpointed (at handovers, every --checkpoint-every steps)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            progress = json.loads(f.metadata()["progress"])
+            states: list[dict] = [{} for _ in range(progress["segments"])]
+            for key in f.keys():
+                index, _, rest = key.partition(".")
+                states[int(index)][rest] = f.get_tensor(key)
+        return Checkpoint(
+            config_path=progress["config_path"],
+            cursor=Cursor(**progress["cursor"]),
+            location={int(k): v for k, v in progress["location"].items()},
+            segment_states=states,
+            final_loss=progress["final_loss"],
+            final_test=progress["final_test"],
+            samples=progress["samples"],
+            train_seconds=progress["train_seconds"],
+            metrics_lines=progress["metrics_lines"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError, SafetensorError) as err:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from None

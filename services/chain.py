@@ -104,13 +104,16 @@ def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False):
     steps. Either way each gradient comes from the same kernels on the same values,
     hence the same floats."""
     params = [p for segment in chain for p in segment.parameters if p.requires_grad]
-    if leaf is None:
-        out.backward(grad)
-        return None, None
-    if not (defer and params):
-        out.backward(grad)
-        return leaf.grad, None
-    (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
+    try:
+        if leaf is None:
+            out.backward(grad)
+            return None, None
+        if not (defer and params):
+            out.backward(grad)
+            return leaf.grad, None
+        (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
+    except RuntimeError as err:  # autograd refuses this graph or gradient
+        raise InvalidArgument(f"backward through segments failed: {err}") from None
     return leaf_grad, OwedWork(chain, params, out, grad, step)
 
 

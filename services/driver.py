@@ -22,6 +22,7 @@ from splitnn.errors import InvalidArgument
 from splitnn.model.losses import LOSS_NAMES
 from splitnn.model.threads import adopt_torch_threads
 from splitnn.services.local_client import LocalClient
+from splitnn.services.ops import forward_mode_trains
 from splitnn.services.segment_host import SegmentHost
 from splitnn.training.pipeline import Pipeline, Stage
 from splitnn.transport import busy_poll
@@ -118,6 +119,7 @@ class Driver:
                     f"the first and last stages must be on the driver {self.host.name!r}, "
                     f"not {end.host!r}"
                 )
+        forward_mode_trains(request.mode)  # refuses a mode the enum lacks
         loss_name = LOSS_NAMES.get(request.loss)
         if loss_name is None:
             raise InvalidArgument(f"unknown loss kind {request.loss}")

@@ -15,13 +15,28 @@ from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Answer, Op, OpKind
 
+# ForwardMode values: UNSPECIFIED (a message that sets none) trains, as TRAIN does.
+_MODES: dict[int, bool] = {
+    worker_pb2.FORWARD_MODE_UNSPECIFIED: True,
+    worker_pb2.FORWARD_MODE_TRAIN: True,
+    worker_pb2.FORWARD_MODE_EVAL: False,
+}
+
+
+def forward_mode_trains(mode: int) -> bool:
+    """Whether a ForwardMode trains; INVALID_ARGUMENT for a value the enum lacks
+    (proto3 enums are open: any int32 arrives)."""
+    if mode not in _MODES:
+        raise InvalidArgument(f"unknown forward mode {mode}")
+    return _MODES[mode]
+
 
 def apply_forward(host: SegmentHost, op: Op) -> Answer:
     """Run a forward op; its answer carries the input gradient after a loss in
     training, else the output (one tensor at most)."""
     head = op.head
     assert isinstance(head, worker_pb2.ForwardRequest)
-    train = head.mode != worker_pb2.FORWARD_MODE_EVAL
+    train = forward_mode_trains(head.mode)
     data = (head.data.dataset, list(head.data.indices)) if head.HasField("data") else None
     loss = None
     if head.HasField("loss"):

@@ -112,6 +112,10 @@ class SecurityError(SplitnnError):
     """Security settings that cannot be used as given."""
 
 
+class CheckpointError(SplitnnError):
+    """A run directory holds no checkpoint, or one that cannot be read."""
+
+
 class CertError(SplitnnError):
     """A certificate or key cannot be made or read as asked."""
 

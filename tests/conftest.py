@@ -25,9 +25,12 @@ class RunningWorker(NamedTuple):
     address: str
 
 
-def start_worker(name: str = "alice", limits: Limits | None = None, peer_factory=None):
+def start_worker(
+    name: str = "alice", limits: Limits | None = None, peer_factory=None, **servicer_options
+):
     """Start a worker on 127.0.0.1:0; returns (RunningWorker, stop function). With
-    `peer_factory`, its driver makes its peer clients with it (Driver.client_factory)."""
+    `peer_factory`, its driver makes its peer clients with it (Driver.client_factory);
+    `servicer_options` go to WorkerServicer (access, slots, idle)."""
     # Imported here so that tests without a network do not depend on the gRPC side.
     from splitnn.services.driver import Driver
     from splitnn.services.registration import add_worker_service
@@ -38,7 +41,8 @@ def start_worker(name: str = "alice", limits: Limits | None = None, peer_factory
     host = SegmentHost(name, {TOY_NAME: builtin(TOY_NAME)}, limits or Limits())
     driver = Driver(host, peer_factory)
     server, port = create_server("127.0.0.1:0")
-    add_worker_service(WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver), server)
+    servicer = WorkerServicer(host, codec.DEFAULT_CHUNK_BYTES, driver=driver, **servicer_options)
+    add_worker_service(servicer, server)
     server.start()
     address = f"127.0.0.1:{port}"
     # No channel_ready_future: the server already listens, and watching connectivity

@@ -129,6 +129,12 @@ def export_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return out
 
 
+# Per-parameter state the optimizers we build keep (SGD: momentum; Adam, AdamW: the
+# rest), and which of it is a scalar.
+STATE_KEYS = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+SCALAR_STATE = frozenset({"step"})
+
+
 def import_state(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
     """Load flat named tensors from export_state into a fresh optimizer."""
     current = optimizer.state_dict()
@@ -138,12 +144,19 @@ def import_state(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]
         index_text, _, key = name.partition(".")
         if not index_text.isdigit() or not key or int(index_text) >= len(params):
             raise InvalidArgument(f"optimizer state entry {name!r} does not fit this segment")
-        # torch does not check shapes here; a misfit would only fail at the next step.
+        # torch checks neither shapes nor dtypes here; a misfit would only fail at the
+        # next step, after the batch was used up. Each entry has exactly its shape.
         param = params[int(index_text)]
-        if value.dim() > 0 and value.shape != param.shape:
+        if key not in STATE_KEYS:
+            raise InvalidArgument(f"optimizer state entry {name!r}: unknown key {key!r}")
+        shape = () if key in SCALAR_STATE else tuple(param.shape)
+        if tuple(value.shape) != shape:
             raise InvalidArgument(
-                f"optimizer state {name} has shape {list(value.shape)}, "
-                f"expected {list(param.shape)}"
+                f"optimizer state {name} has shape {list(value.shape)}, expected {list(shape)}"
+            )
+        if key not in SCALAR_STATE and value.dtype != param.dtype:
+            raise InvalidArgument(
+                f"optimizer state {name} is {value.dtype}, expected {param.dtype}"
             )
         state.setdefault(int(index_text), {})[key] = value
     current["state"] = state
