@@ -82,24 +82,28 @@ class IdleWatch:
             self._stop(key)
 
     def _wait(self, key: int, context) -> None:
-        with self._lock:
-            self._last[key] = (context, time.monotonic())
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="idle-watch", daemon=True)
-                self._thread.start()
+        # One dict store per message, atomic under the GIL: no lock on the hot path.
+        self._last[key] = (context, time.monotonic())
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="idle-watch", daemon=True
+                    )
+                    self._thread.start()
 
     def _stop(self, key: int) -> None:
-        with self._lock:
-            self._last.pop(key, None)
+        self._last.pop(key, None)
 
     def _run(self) -> None:
         period = max(0.05, min(1.0, self.idle_seconds / 4))
         while True:
             time.sleep(period)
             now = time.monotonic()
-            with self._lock:
-                idle = [(k, c) for k, (c, t) in self._last.items() if now - t > self.idle_seconds]
-                for key, _ in idle:
-                    del self._last[key]
-            for _, context in idle:
-                context.cancel()  # type: ignore[attr-defined]
+            entries = list(self._last.items())  # a copy: handlers change the dict meanwhile
+            for key, entry in entries:
+                context, since = entry
+                # Still the same silence (no message came since the copy): cancel it.
+                if now - since > self.idle_seconds and self._last.get(key) is entry:
+                    self._last.pop(key, None)
+                    context.cancel()  # type: ignore[attr-defined]

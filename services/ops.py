@@ -118,11 +118,13 @@ def same_op(a: Op, b: Op) -> bool:
     )
 
 
-def apply(host: SegmentHost, op: Op) -> Answer:
+def apply(host: SegmentHost, op: Op, replay: bool = True) -> Answer:
     """Apply an op once: a repeat of a recent op with the same OpKey and content (a retry
     after a lost answer) gets the stored answer instead of running again; an op under a
-    recent OpKey with other content is refused, and changes nothing."""
-    if not _replayable(op):
+    recent OpKey with other content is refused, and changes nothing. `replay` False:
+    the op comes from this process (a driving worker's own stages), whose answers are
+    never lost, so none is kept."""
+    if not replay or not _replayable(op):
         return _APPLY[op.kind](host, op)
     key = op.key
     stored = host.replay.get(key)

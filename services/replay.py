@@ -31,40 +31,64 @@ def _bytes(entry) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+class _Lane:
+    """The answers of one (run, kind, segments), oldest first, and their tensor bytes."""
+
+    __slots__ = ("answers", "nbytes")
+
+    def __init__(self):
+        self.answers: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.nbytes = 0
+
+
 class ReplayCache:
     """The recent answers per (run, op kind, segments), by batch id and micro-batch."""
 
     def __init__(self, window: int = WINDOW, lane_bytes: int = LANE_BYTES):
         self.window = window
         self.lane_bytes = lane_bytes
-        self._answers: dict[tuple, OrderedDict[tuple[int, int], object]] = {}
+        self._lanes: dict[tuple, _Lane] = {}
         self._lock = threading.Lock()
 
     def get(self, key: OpKey):
-        """The stored answer of the op with this key, if it is still remembered."""
-        with self._lock:
-            lane = self._answers.get(_lane(key))
-            return None if lane is None else lane.get((key.batch_id, key.micro_batch))
+        """The stored entry of the op with this key, if it is still remembered."""
+        lane = self._lanes.get(_lane(key))
+        return None if lane is None else lane.answers.get((key.batch_id, key.micro_batch))
 
-    def put(self, key: OpKey, answer) -> None:
-        """Remember the answer of the op just applied."""
+    def put(self, key: OpKey, entry) -> None:
+        """Remember the entry (op and answer) of the op just applied."""
         with self._lock:
-            lane = self._answers.setdefault(_lane(key), OrderedDict())
-            lane[(key.batch_id, key.micro_batch)] = answer
-            while len(lane) > 1 and (
-                len(lane) > self.window or sum(map(_bytes, lane.values())) > self.lane_bytes
+            lane = self._lanes.get(_lane(key))
+            if lane is None:
+                lane = self._lanes[_lane(key)] = _Lane()
+            ids = (key.batch_id, key.micro_batch)
+            old = lane.answers.pop(ids, None)
+            if old is not None:
+                lane.nbytes -= _bytes(old)
+            lane.answers[ids] = entry
+            lane.nbytes += _bytes(entry)
+            while len(lane.answers) > 1 and (
+                len(lane.answers) > self.window or lane.nbytes > self.lane_bytes
             ):
-                lane.popitem(last=False)
+                _, dropped = lane.answers.popitem(last=False)
+                lane.nbytes -= _bytes(dropped)
 
     def forget(self, key: OpKey) -> None:
-        """Drop the stored answer of the op with this key, if any."""
+        """Drop the stored entry of the op with this key, if any."""
         with self._lock:
-            lane = self._answers.get(_lane(key))
+            lane = self._lanes.get(_lane(key))
             if lane is not None:
-                lane.pop((key.batch_id, key.micro_batch), None)
+                dropped = lane.answers.pop((key.batch_id, key.micro_batch), None)
+                if dropped is not None:
+                    lane.nbytes -= _bytes(dropped)
 
     def forget_segment(self, run_id: str, index: int) -> None:
         """Drop answers that involve a segment being dropped or replaced."""
         with self._lock:
-            for lane in [k for k in self._answers if k[0] == run_id and index in k[2]]:
-                del self._answers[lane]
+            for lane in [k for k in self._lanes if k[0] == run_id and index in k[2]]:
+                del self._lanes[lane]
+
+    def lane_sizes(self) -> list[int]:
+        """How many answers each lane keeps (for tests and status)."""
+        with self._lock:
+            return [len(lane.answers) for lane in self._lanes.values()]

@@ -233,7 +233,7 @@ class SegmentHost:
                     lambda: [k[0] for k in self._pending],
                     len(self._pending),
                     run_id,
-                    self.runs.owned_by(self._owner(run_id)),
+                    lambda: self.runs.owned_by(self._owner(run_id)),
                     self.name,
                 )
             x = inputs.forward_input(chain, input, data, self.dataset, self.limits)

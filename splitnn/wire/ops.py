@@ -88,9 +88,10 @@ class OpKey(NamedTuple):
     micro_batch: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Op:
-    """One op to send: its kind, its head message and the tensor it carries, if any."""
+    """One op to send: its kind, its head message and the tensor it carries, if any.
+    (Not frozen: a frozen dataclass costs a microsecond more per op to build.)"""
 
     kind: OpKind
     head: OpHead
