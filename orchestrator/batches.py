@@ -30,6 +30,7 @@ def drive_batches(
     first_id: int,
     batches,
     evaluate: bool = False,
+    micro_batches: int = 1,
 ):
     """Have the owner's worker train (or evaluate) batches; yields LossResults.
 
@@ -41,6 +42,7 @@ def drive_batches(
         loss=loss_kind(loss),
         dataset=dataset,
         mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
+        micro_batches=micro_batches,
     )
     for stage in stages:
         client = clients[stage.host]

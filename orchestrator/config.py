@@ -33,6 +33,7 @@ _TRAINING_KEYS = {
     "eval_batch_size",
     "log_every",
     "checkpoint_every",
+    "micro_batches",
 }
 _WORKER_KEYS = {"address", "data", "server_name"}
 
@@ -79,6 +80,8 @@ class Config:
     eval_batch_size: int = 1000
     log_every: int = 1
     checkpoint_every: int = 0
+    # Cut each training batch into this many micro-batches (splitnn.training.pipeline).
+    micro_batches: int = 1
     raw: dict = field(default_factory=dict)
 
     def placement(self, owner: str) -> list[str]:
@@ -169,11 +172,13 @@ def parse_config(raw: dict, path: Path) -> Config:
         "eval_batch_size": 1000,
         "log_every": 1,
         "checkpoint_every": 0,
+        "micro_batches": 1,
     }
     values = {}
     for key, default in ints.items():
         value = training.get(key, default)
-        minimum = 1 if key in ("rounds", "epochs", "log_every", "eval_batch_size") else 0
+        at_least_one = ("rounds", "epochs", "log_every", "eval_batch_size", "micro_batches")
+        minimum = 1 if key in at_least_one else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             fail(f"training.{key}", f"expected an integer >= {minimum}, got {value!r}")
         values[key] = value
@@ -239,6 +244,21 @@ def parse_config(raw: dict, path: Path) -> Config:
         **values,
     )
     check_shapes(config)
+    if config.micro_batches > 1:
+        batch_norm = [
+            f"segments[{s.index}].layers[{i}]"
+            for s in config.segments
+            for i, layer in enumerate(s.layers)
+            if isinstance(layer, dict) and str(layer.get("type", "")).startswith("BatchNorm")
+        ]
+        if batch_norm:
+            fail(
+                "training.micro_batches",
+                f"{config.micro_batches} micro-batches with batch norm in training mode "
+                f"({', '.join(batch_norm)}): each micro-batch would be normalized with its "
+                "own statistics, which is not the batch's training; use micro_batches = 1, "
+                "or GroupNorm / LayerNorm",
+            )
     return config
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from splitnn.data.datasets import TOY_NAME, Dataset, builtin, load_npz
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
-from splitnn.model.losses import compute_loss
+from splitnn.model.losses import compute_loss, micro_batch_scale, split_rows
 from splitnn.orchestrator.config import Config
 from splitnn.training import schedule
 
@@ -54,19 +54,34 @@ def train_reference(config: Config, threads: int | None = 1) -> tuple[nn.Sequent
                 for rows in schedule.batches(
                     config.seed, turn.index, epoch, dataset.rows, config.batch_size, config.shuffle
                 ):
-                    x, y = dataset.take(rows)
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
-                    loss = compute_loss(config.loss, model(x), y)
-                    loss.backward()
+                    losses.append(_accumulate(model, config, dataset, rows))
                     optimizer.step()
-                    losses.append(loss.item())
                 history.append(
                     {"owner": turn.owner, "epoch": epoch + 1, "loss": sum(losses) / len(losses)}
                 )
         return model, history
     finally:
         torch.set_num_threads(previous)
+
+
+def _accumulate(model: nn.Module, config: Config, dataset: Dataset, rows: list[int]) -> float:
+    """Gradients of one batch, summed over its micro-batches (each backpropagating its
+    share of a mean loss); returns the batch loss. One micro-batch: plain training."""
+    if config.micro_batches <= 1 or len(rows) <= 1:
+        x, y = dataset.take(rows)
+        loss = compute_loss(config.loss, model(x), y)
+        loss.backward()
+        return loss.item()
+    total = 0.0
+    for part in split_rows(rows, config.micro_batches):
+        x, y = dataset.take(part)
+        scale = micro_batch_scale(config.loss, len(part), len(rows))
+        loss = compute_loss(config.loss, model(x), y)
+        (loss * scale).backward()
+        total += loss.item() * scale
+    return total
 
 
 def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -217,7 +217,7 @@ class Trainer:
         if self.hosts.hand_over(placement) and cursor.step > 0:
             self.checkpoint()
         stages = plan_stages(placement)
-        pipeline = Pipeline(self.clients, self.run_id, stages, config.loss)
+        pipeline = Pipeline(self.clients, self.run_id, stages, config.loss, config.micro_batches)
         turn_started = time.perf_counter()
         while cursor.epoch < config.epochs:
             call = self._next_call(turn)
@@ -236,6 +236,7 @@ class Trainer:
                         config.dataset,
                         first_id,
                         flat,
+                        micro_batches=config.micro_batches,
                     )
                 )
             for position, ((epoch, batch, n_batches, _), result) in enumerate(

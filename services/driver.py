@@ -167,7 +167,8 @@ class Driver:
                     own = stage.host == self.host.name
                     clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
             stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
-            pipeline = Pipeline(clients, request.run_id, stages, loss_name)
+            micro = request.micro_batches or 1
+            pipeline = Pipeline(clients, request.run_id, stages, loss_name, micro)
             await self._run_batches(request, pipeline, results, stop)
             await pipeline.flush_async()
         except BaseException as err:

@@ -7,6 +7,8 @@ ops become messages is splitnn.wire.ops; this module only applies them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from splitnn.errors import FailedPrecondition, InvalidArgument
@@ -29,6 +31,16 @@ def forward_mode_trains(mode: int) -> bool:
     if mode not in _MODES:
         raise InvalidArgument(f"unknown forward mode {mode}")
     return _MODES[mode]
+
+
+def loss_scale(head: worker_pb2.ForwardRequest) -> float:
+    """The factor a forward's loss is backpropagated with (LossSpec.scale; 0 means 1)."""
+    scale = head.loss.scale if head.HasField("loss") else 0.0
+    if scale == 0.0:
+        return 1.0
+    if not math.isfinite(scale) or not 0.0 < scale <= 1.0:
+        raise InvalidArgument(f"loss scale {scale} is not in (0, 1]")
+    return scale
 
 
 def apply_forward(host: SegmentHost, op: Op) -> Answer:
@@ -55,6 +67,7 @@ def apply_forward(host: SegmentHost, op: Op) -> Answer:
         step=head.step,
         want_output=head.want_output,
         micro_batch=head.micro_batch,
+        loss_scale=loss_scale(head),
     )
     reply = worker_pb2.ForwardResponse(batch_id=head.batch_id, micro_batch=head.micro_batch)
     if result.loss is not None:

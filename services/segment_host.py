@@ -217,6 +217,7 @@ class SegmentHost:
         step: bool = False,
         want_output: bool = False,
         micro_batch: int = 0,
+        loss_scale: float = 1.0,
     ) -> ForwardResult:
         """Run consecutive segments forward. With `loss`, also compute the loss against
         this worker's labels and backpropagate (and step, if asked) in the same call."""
@@ -247,7 +248,7 @@ class SegmentHost:
             grads = snapshot_grads(chain) if train and loss is not None else None
             try:
                 result = self._run_forward(
-                    chain, key, x, data is None, train, target, loss, step, want_output
+                    chain, key, x, data is None, train, target, loss, step, want_output, loss_scale
                 )
             except Exception:
                 restore_buffers(chain, saved)
@@ -258,7 +259,9 @@ class SegmentHost:
                 self._pending[key].buffers = saved
             return result
 
-    def _run_forward(self, chain, key, x, needs_input_grad, train, target, loss, step, want_output):
+    def _run_forward(
+        self, chain, key, x, needs_input_grad, train, target, loss, step, want_output, scale
+    ):
         for segment in chain:
             if segment.module.training != train:
                 segment.module.train(train)
@@ -283,9 +286,11 @@ class SegmentHost:
         loss_value = value.item()
         if not math.isfinite(loss_value):
             raise NumericalError(f"loss is {loss_value} at batch {key[2]}")
-        # The input gradient first; the parameters' wait until it is out (settle).
+        # The input gradient first; the parameters' wait until it is out (settle). A
+        # micro-batch backpropagates its share of a mean loss (LossSpec.scale).
         leaf = leaf if needs_input_grad else None
-        grad, owed = backward_chain(chain, out=value, grad=None, leaf=leaf, defer=not step)
+        scaled = value if scale == 1.0 else value * scale
+        grad, owed = backward_chain(chain, out=scaled, grad=None, leaf=leaf, defer=not step)
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if owed is not None:

@@ -16,6 +16,29 @@ LOSS_KINDS = {
     "bce_with_logits": worker_pb2.LOSS_KIND_BINARY_CROSS_ENTROPY_WITH_LOGITS,
 }
 LOSS_NAMES = {v: k for k, v in LOSS_KINDS.items()}
+# Losses averaged over the batch's rows (the others are sums).
+MEAN_LOSSES = frozenset({"mse", "cross_entropy", "bce", "bce_with_logits"})
+
+
+def split_rows(rows: list[int], parts: int) -> list[list[int]]:
+    """A batch's rows cut into `parts` micro-batches in order, as torch.tensor_split
+    cuts (the first ones one row longer when the count does not divide); never an
+    empty one."""
+    parts = max(1, min(parts, len(rows)))
+    size, extra = divmod(len(rows), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(rows[start:end])
+        start = end
+    return out
+
+
+def micro_batch_scale(name: str, rows: int, batch_rows: int) -> float:
+    """What a micro-batch's loss is backpropagated with so that the micro-batches'
+    gradients add up to the whole batch's: its share of the rows for a mean loss,
+    1 for a sum."""
+    return rows / batch_rows if name in MEAN_LOSSES else 1.0
 
 
 def loss_kind(name: str, where: str = "loss") -> worker_pb2.LossKind:

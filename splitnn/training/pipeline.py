@@ -19,7 +19,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from splitnn.model.losses import loss_kind
+from splitnn.model.losses import loss_kind, micro_batch_scale, split_rows
 from splitnn.transport.stream import AsyncOpStream, OpStream
 from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Op, OpKind, Reply
@@ -29,6 +29,7 @@ class Call(enum.Enum):
     """What a plan asks of a host's OpStream."""
 
     SUBMIT = "submit"  # send an op; its answer is read later
+    RECEIVE = "receive"  # read the answer to the oldest op not yet answered
     CALL = "call"  # send an op and wait for its answer
     DRAIN = "drain"  # wait for every answer owed; the last one
 
@@ -74,6 +75,8 @@ def _start(stream, call: Call, op: Op | None):
     if call is Call.CALL:
         assert op is not None
         return stream.call(op)
+    if call is Call.RECEIVE:
+        return stream.receive()
     return stream.drain()
 
 
@@ -88,11 +91,14 @@ class Pipeline:
         run_id: str,
         stages: list[Stage],
         loss: str,
+        micro_batches: int = 1,
     ):
         self.clients = clients
         self.run_id = run_id
         self.stages = stages
+        self.loss = loss
         self.loss_kind = loss_kind(loss)
+        self.micro_batches = max(1, micro_batches)
 
     def _forward(
         self,
@@ -180,6 +186,8 @@ class Pipeline:
                 reply = await reply
 
     def _train_step(self, batch_id: int, dataset: str, rows: list[int]):
+        if self.micro_batches > 1 and len(rows) > 1:
+            return (yield from self._train_step_micro(batch_id, dataset, rows))
         stages, run = self.stages, self.run_id
         # One stage does it all in one call; otherwise the last stage's step waits and
         # overlaps with the backward of the stage before.
@@ -203,6 +211,60 @@ class Pipeline:
             if i > 0:
                 grad = (yield Call.DRAIN, stage.host, None).tensor
         return StepResult(loss.loss, loss.correct, loss.count)
+
+    def _train_step_micro(self, batch_id: int, dataset: str, rows: list[int]):
+        """One batch as micro-batches, fill-drain (GPipe): every micro-batch forward
+        through the chain, each stage passing micro-batch m on as soon as its answer
+        comes while it works on m + 1, so that hosts compute at once; then every
+        backward, in the same order; then one step per stage. Each stream carries its
+        ops in order, and every answer is read before the next batch."""
+        stages, run = self.stages, self.run_id
+        parts = split_rows(rows, self.micro_batches)
+        train = worker_pb2.FORWARD_MODE_TRAIN
+        last = len(stages) - 1
+
+        def forward(i: int, m: int, tensor) -> Op:
+            op = worker_pb2.ForwardRequest(
+                run_id=run, segments=stages[i].segments, batch_id=batch_id, mode=train,
+                micro_batch=m,
+            )  # fmt: skip
+            if i == 0:
+                op.data.dataset = dataset
+                op.data.indices.extend(parts[m])
+            if i == last:
+                op.loss.kind = self.loss_kind
+                op.loss.dataset = dataset
+                op.loss.indices.extend(parts[m])
+                op.loss.scale = micro_batch_scale(self.loss, len(parts[m]), len(rows))
+            return Op(OpKind.FORWARD, op, tensor)
+
+        for m in range(len(parts)):
+            yield Call.SUBMIT, stages[0].host, forward(0, m, None)
+        for i in range(1, len(stages)):
+            for m in range(len(parts)):
+                reply = yield Call.RECEIVE, stages[i - 1].host, None
+                yield Call.SUBMIT, stages[i].host, forward(i, m, reply.tensor)
+        loss, correct, count, grads = 0.0, 0, 0, []
+        for m in range(len(parts)):
+            reply = yield Call.RECEIVE, stages[last].host, None
+            result = reply.message.loss
+            loss += result.loss * micro_batch_scale(self.loss, len(parts[m]), len(rows))
+            correct, count = correct + result.correct, count + result.count
+            grads.append(reply.tensor)
+        for i in range(last - 1, -1, -1):
+            for m in range(len(parts)):
+                if i < last - 1:
+                    grads[m] = (yield Call.RECEIVE, stages[i + 1].host, None).tensor
+                back = worker_pb2.BackwardRequest(
+                    run_id=run, segments=stages[i].segments, batch_id=batch_id, micro_batch=m
+                )
+                yield Call.SUBMIT, stages[i].host, Op(OpKind.BACKWARD, back, grads[m])
+        for stage in stages:
+            step = worker_pb2.StepRequest(run_id=run, segments=stage.segments, batch_id=batch_id)
+            yield Call.SUBMIT, stage.host, Op(OpKind.STEP, step)
+        for host in dict.fromkeys(stage.host for stage in stages):
+            yield Call.DRAIN, host, None
+        return StepResult(loss, correct, count)
 
     def _evaluate_batch(self, batch_id: int, dataset: str, rows: list[int]):
         mode = worker_pb2.FORWARD_MODE_EVAL

@@ -169,14 +169,16 @@ class DataSource(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LossSpec(_message.Message):
-    __slots__ = ("kind", "dataset", "indices")
+    __slots__ = ("kind", "dataset", "indices", "scale")
     KIND_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
     kind: LossKind
     dataset: str
     indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, kind: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    scale: float
+    def __init__(self, kind: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class LossResult(_message.Message):
     __slots__ = ("loss", "correct", "count")
@@ -357,20 +359,22 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DriveRequest(_message.Message):
-    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode")
+    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     loss: LossKind
     dataset: str
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     mode: ForwardMode
-    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ...) -> None: ...
+    micro_batches: int
+    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("batch_id", "loss")
