@@ -74,6 +74,7 @@ class BenchJob:
     dataset: str = "toy"  # "toy" | "synthetic_mnist"
     n_samples: int = 16
     data_seed: int = 0
+    micro_batches: int = 1  # splitnn only: training.micro_batches
 
     def __post_init__(self) -> None:
         if len(self.segments) != len(self.placement):

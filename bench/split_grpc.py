@@ -53,6 +53,7 @@ def job_config(job: BenchJob, steps: int, directory: Path):
             "shuffle": False,
             "loss": _LOSS_NAMES[job.loss],
             "dataset": dataset,
+            "micro_batches": job.micro_batches,
         },
         "optimizer": optimizer,
         "segments": segments,
