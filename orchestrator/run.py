@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from splitnn.orchestrator.cli_health import wait_healthy
 from splitnn.orchestrator.config import Config
 from splitnn.orchestrator.local_workers import LocalWorkers
 from splitnn.orchestrator.trainer import Trainer
+from splitnn.security.identity import SHARED
 from splitnn.security.policy import Security
 from splitnn.transport.client import WorkerClient
 
@@ -26,6 +28,18 @@ def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:
     with os.fdopen(fd, "w") as f:
         f.write(security.token + "\n")
     return path
+
+
+def _run_tokens(stack: contextlib.ExitStack, hosts: list[str]) -> Security:
+    """Fresh per-identity tokens for the orchestrator and each local worker, in a file
+    only this user can read, removed when the run ends."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitnn-tokens-")))
+    path = tmp / "tokens"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        for name in dict.fromkeys([SHARED, *hosts]):
+            f.write(f"{name} {secrets.token_hex(16)}\n")
+    return Security(token_file=path, identity=SHARED)
 
 
 def _wait_ready(
@@ -70,11 +84,16 @@ def connected_workers(
     With `security`, every client uses its TLS credentials and/or token, and the
     worker we call NAME must present a certificate for NAME (or for the entry's
     `server_name`). Local workers are then started with matching flags, each with
-    its own certificate (HOST.pem / HOST.key from `security.host_cert_dir`).
+    its own certificate (HOST.pem / HOST.key from `security.host_cert_dir`). Local
+    workers without `security` get tokens of their own for this run (a private file,
+    gone afterwards): loopback is open to every process of the machine, and with
+    identities the access policy holds between the local workers too.
     """
     stack = contextlib.ExitStack()
     with stack:
         server_names = {h: w.server_name for h, w in config.workers.items()}
+        if local and security is None:
+            security = _run_tokens(stack, list(config.workers))
         if local:
             data = {h: {k: str(v) for k, v in w.data.items()} for h, w in config.workers.items()}
             extra_args = {}

@@ -43,7 +43,11 @@ def test_two_concurrent_runs_on_the_same_workers_equal_their_references(tmp_path
         # Each run has its own client objects (its own streams) to the same workers.
         from splitnn.transport.client import WorkerClient
 
-        clients_for = [clients, {n: WorkerClient(n, c.address) for n, c in clients.items()}]
+        # The same credentials (local workers get per-run tokens): another stream each.
+        clients_for = [
+            clients,
+            {n: WorkerClient(n, c.address, metadata=c.metadata) for n, c in clients.items()},
+        ]
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
