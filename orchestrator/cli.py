@@ -133,27 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
 
-    for command, module in SUBCOMMAND_MODULES.items():
+    for command, (module, hint) in SUBCOMMAND_MODULES.items():
         try:
             importlib.import_module(module).register(sub)
         except ImportError as err:
-            _register_unavailable(sub, command, module, err)
+            _register_unavailable(sub, command, module, hint, err)
     return parser
 
 
 # Subcommands that live in modules of their own; a module that cannot be imported
 # (an optional dependency missing, or a defect) still shows its subcommand, which
-# then says why it cannot run instead of vanishing.
+# then says why it cannot run instead of vanishing, with what installs it if that is
+# known.
 SUBCOMMAND_MODULES = {
-    "data": "splitnn.orchestrator.cli_data",
-    "health": "splitnn.orchestrator.cli_health",
-    "certs": "splitnn.orchestrator.cli_certs",
+    "data": ("splitnn.orchestrator.cli_data", " (pip install 'splitnn[data]')"),
+    "health": ("splitnn.orchestrator.cli_health", ""),
+    "certs": ("splitnn.orchestrator.cli_certs", ""),
 }
 
 
-def _register_unavailable(sub, command: str, module: str, err: ImportError) -> None:
+def _register_unavailable(sub, command: str, module: str, hint: str, err: ImportError) -> None:
     reason = f"{type(err).__name__}: {err}"
-    hint = " (pip install 'splitnn[data]')" if command == "data" else ""
     p = sub.add_parser(command, help=f"unavailable: {module} failed to import{hint}")
     p.add_argument("rest", nargs=argparse.REMAINDER)
 

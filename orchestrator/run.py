@@ -22,24 +22,24 @@ def _token_file(stack: contextlib.ExitStack, security: Security) -> Path | None:
     """A file holding the token for local workers (the given one, or a private temp file)."""
     if not security.token or security.token_file is not None:
         return security.token_file
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitnn-token-")))
-    path = tmp / "token"
+    return _private_file(stack, "token", security.token + "\n")
+
+
+def _private_file(stack: contextlib.ExitStack, name: str, text: str) -> Path:
+    """A file only this user can read, in a temp folder removed when `stack` closes."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitnn-")))
+    path = tmp / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(security.token + "\n")
+        f.write(text)
     return path
 
 
 def _run_tokens(stack: contextlib.ExitStack, hosts: list[str]) -> Security:
     """Fresh per-identity tokens for the orchestrator and each local worker, in a file
     only this user can read, removed when the run ends."""
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitnn-tokens-")))
-    path = tmp / "tokens"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        for name in dict.fromkeys([SHARED, *hosts]):
-            f.write(f"{name} {secrets.token_hex(16)}\n")
-    return Security(token_file=path, identity=SHARED)
+    lines = "".join(f"{name} {secrets.token_hex(16)}\n" for name in dict.fromkeys([SHARED, *hosts]))
+    return Security(token_file=_private_file(stack, "tokens", lines), identity=SHARED)
 
 
 def _wait_ready(

@@ -167,7 +167,7 @@ class Driver:
                     own = stage.host == self.host.name
                     clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
             stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
-            micro = request.micro_batches or 1
+            micro = request.micro_batches  # 0 (unset) and 1 alike: whole batches
             pipeline = Pipeline(clients, request.run_id, stages, loss_name, micro)
             await self._run_batches(request, pipeline, results, stop)
             await pipeline.flush_async()

@@ -20,17 +20,13 @@ class LocalClient(OrderedStream):
     def __init__(self, host: SegmentHost):
         self.name = host.name
         self.host = host
-        self._answers: deque[Reply] = deque()
+        self._pending: deque[Reply] = deque()
 
     def submit(self, op: Op) -> None:
         """Apply an op now; its answer waits for receive()."""
         answer = ops.apply(self.host, op, replay=False)  # in process: no answer is lost
-        self._answers.append(Reply(answer.head, answer.tensor))
+        self._pending.append(Reply(answer.head, answer.tensor))
 
     def receive(self) -> Reply:
         """The answer to the oldest op not yet received."""
-        return self._answers.popleft()
-
-    def unanswered(self) -> int:
-        """Answers not yet received."""
-        return len(self._answers)
+        return self._pending.popleft()

@@ -106,11 +106,11 @@ _APPLY = {OpKind.FORWARD: apply_forward, OpKind.BACKWARD: apply_backward, OpKind
 
 def _replayable(op: Op) -> bool:
     # Evaluation keeps no state, so repeating it is harmless; batch id 0 means "no id".
-    if op.head.batch_id == 0:
-        return False
     head = op.head
-    return not isinstance(head, worker_pb2.ForwardRequest) or (
-        head.mode != worker_pb2.FORWARD_MODE_EVAL
+    if head.batch_id == 0:
+        return False
+    return (
+        not isinstance(head, worker_pb2.ForwardRequest) or head.mode != worker_pb2.FORWARD_MODE_EVAL
     )
 
 
@@ -150,5 +150,5 @@ def apply(host: SegmentHost, op: Op, replay: bool = True) -> Answer:
             )
         return answer
     answer = _APPLY[op.kind](host, op)
-    host.replay.put(key, (op, answer))
+    host.replay.put(key, op, answer)
     return answer

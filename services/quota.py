@@ -4,7 +4,7 @@ identity (the runs one orchestrator created, together)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from splitnn.errors import ResourceExhausted
 from splitnn.services.segment import Limits
@@ -45,24 +45,21 @@ def check_load(
             )
 
 
+def pending_floor(limits: Limits) -> int:
+    """Below this many batches awaiting Backward on the worker, no cap can be reached:
+    the common case checks no more than the count."""
+    cap = limits.max_pending_batches
+    return min(limits.share(cap, True), limits.share(cap, False))
+
+
 def check_pending(
-    limits: Limits,
-    pending_runs: Callable[[], list[str]],
-    count: int,
-    run_id: str,
-    owner_runs: Callable[[], set[str]],
-    worker: str,
+    limits: Limits, runs: list[str], run_id: str, owner_runs: set[str], worker: str
 ) -> None:
     """Refuse one more batch awaiting Backward if it would put the worker, the run or
-    its orchestrator's runs over the pending cap. `count` is the worker's pending
-    count; `pending_runs` lists the run of each pending batch, asked for only when the
-    count comes near a share, as are `owner_runs` (the common case reads no more than
-    the count)."""
+    its orchestrator's runs over the pending cap. `runs` lists the run of each batch
+    awaiting Backward now."""
     cap = limits.max_pending_batches
-    if count + 1 <= min(limits.share(cap, True), limits.share(cap, False)):
-        return
-    runs = pending_runs()
-    for what, share, counts in _scopes(limits, run_id, owner_runs() | {run_id}):
+    for what, share, counts in _scopes(limits, run_id, owner_runs | {run_id}):
         mine = sum(1 for r in runs if counts(r))
         if mine + 1 > share(cap):
             raise ResourceExhausted(

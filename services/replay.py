@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from splitnn.wire.ops import OpKey
+from splitnn.wire.ops import Answer, Op, OpKey
 
 # Answers kept per (run, kind, segments): the ops one lane can have in flight at once
 # (the micro-batches of a batch and the next), and a cap on the tensors they hold.
@@ -24,20 +24,20 @@ def _lane(key: OpKey) -> tuple:
     return key.run_id, key.kind, key.segments
 
 
-def _bytes(entry) -> int:
-    """Tensor bytes an entry holds: an (op, answer) pair, or an answer."""
-    parts = entry if isinstance(entry, tuple) else (entry,)
-    tensors = [getattr(part, "tensor", None) for part in parts]
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+def _bytes(entry: tuple[Op, Answer]) -> int:
+    """Tensor bytes an (op, answer) entry holds."""
+    return sum(
+        t.numel() * t.element_size() for t in (entry[0].tensor, entry[1].tensor) if t is not None
+    )
 
 
 class _Lane:
-    """The answers of one (run, kind, segments), oldest first, and their tensor bytes."""
+    """The entries of one (run, kind, segments), oldest first, and their tensor bytes."""
 
     __slots__ = ("answers", "nbytes")
 
     def __init__(self):
-        self.answers: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.answers: OrderedDict[tuple[int, int], tuple[Op, Answer]] = OrderedDict()
         self.nbytes = 0
 
 
@@ -50,13 +50,14 @@ class ReplayCache:
         self._lanes: dict[tuple, _Lane] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: OpKey):
-        """The stored entry of the op with this key, if it is still remembered."""
+    def get(self, key: OpKey) -> tuple[Op, Answer] | None:
+        """The op applied under this key and its answer, if still remembered."""
         lane = self._lanes.get(_lane(key))
         return None if lane is None else lane.answers.get((key.batch_id, key.micro_batch))
 
-    def put(self, key: OpKey, entry) -> None:
-        """Remember the entry (op and answer) of the op just applied."""
+    def put(self, key: OpKey, op: Op, answer: Answer) -> None:
+        """Remember the op just applied under `key`, and its answer."""
+        entry = (op, answer)
         with self._lock:
             lane = self._lanes.get(_lane(key))
             if lane is None:

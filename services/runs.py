@@ -38,6 +38,11 @@ class Runs:
         """The run, if this worker serves it."""
         return self._runs.get(run_id)
 
+    def owner(self, run_id: str) -> str | None:
+        """The identity that created the run (None also when there is no such run)."""
+        run = self._runs.get(run_id)
+        return None if run is None else run.owner
+
     def claim(self, run_id: str, owner: str | None, callers) -> Run:
         """The run a load names, created for `owner` if new; its callers become
         `callers`. (Whether `owner` may use an existing run is access's to check.)"""
@@ -70,6 +75,3 @@ class Runs:
         """Ids of the runs this identity created."""
         with self._lock:
             return {r.run_id for r in self._runs.values() if r.owner == owner}
-
-    def __len__(self) -> int:
-        return len(self._runs)

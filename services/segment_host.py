@@ -72,6 +72,7 @@ class SegmentHost:
         self.replay = ReplayCache()
         self.runs = Runs(self.limits.lease_seconds)
         self.sizes = ActivationSizes(self.limits.max_tensor_bytes)
+        self._pending_floor = quota.pending_floor(self.limits)
 
     # ---- loading, export, drop -------------------------------------------------
 
@@ -96,7 +97,7 @@ class SegmentHost:
         parameters = layer_specs.count_parameters(layers, where)
         with self._lock:
             self._check_slot(key, replace, owner, parameters)
-        module = layer_specs.build_segment(layers, where, self.limits.max_parameters)
+        module = layer_specs.build_segment(layers, where, max_parameters=None)  # counted
         # One explicit param group: torch refuses a bare empty parameter list, and a
         # parameter-free segment (Identity, ReLU, Flatten...) is legitimate.
         optimizer = optim_specs.build_optimizer(
@@ -111,8 +112,7 @@ class SegmentHost:
             # Owed work of a chain with the replaced segment: the other segments' part
             # still counts (the replaced one's is paid into the discarded object).
             self._owed.pay(run_id, [index])
-            self._drop_pending(run_id, index)
-            self.replay.forget_segment(run_id, index)
+            self._forget_batches(run_id, index)
             self._segments[key] = segment
             self.runs.claim(run_id, owner, callers)
             self.sizes.forget()
@@ -142,10 +142,7 @@ class SegmentHost:
         with self._lock:
             self._owed.pay(run_id, [index])
             self._segment(run_id, index)
-            del self._segments[(run_id, index)]
-            self._drop_pending(run_id, index)
-            self.replay.forget_segment(run_id, index)
-            self.sizes.forget()
+            self._remove(run_id, index)
             if not any(k[0] == run_id for k in self._segments):
                 self.runs.forget(run_id)
 
@@ -156,12 +153,20 @@ class SegmentHost:
             indices = [k[1] for k in self._segments if k[0] == run_id]
             self._owed.discard_run(run_id)
             for index in indices:
-                del self._segments[(run_id, index)]
-                self._drop_pending(run_id, index)
-                self.replay.forget_segment(run_id, index)
+                self._remove(run_id, index)
             self.runs.forget(run_id)
-            self.sizes.forget()
             return len(indices)
+
+    def _remove(self, run_id: str, index: int) -> None:
+        del self._segments[(run_id, index)]
+        self._forget_batches(run_id, index)
+        self.sizes.forget()
+
+    def _forget_batches(self, run_id: str, index: int) -> None:
+        """Forget the batches in flight through a segment, and their stored answers."""
+        for key in [k for k in self._pending if k[0] == run_id and index in k[1]]:
+            del self._pending[key]
+        self.replay.forget_segment(run_id, index)
 
     def drop_lapsed_runs(self) -> list[str]:
         """Drop every run whose lease lapsed (unused for limits.lease_seconds)."""
@@ -229,14 +234,10 @@ class SegmentHost:
                     raise FailedPrecondition(
                         f"batch {batch_name(key)} is already in flight through segments {indices}"
                     )
-                quota.check_pending(
-                    self.limits,
-                    lambda: [k[0] for k in self._pending],
-                    len(self._pending),
-                    run_id,
-                    lambda: self.runs.owned_by(self._owner(run_id)),
-                    self.name,
-                )
+                if len(self._pending) >= self._pending_floor:  # near a cap: count them
+                    runs = [k[0] for k in self._pending]
+                    owner_runs = self.runs.owned_by(self.runs.owner(run_id))
+                    quota.check_pending(self.limits, runs, run_id, owner_runs, self.name)
             x = inputs.forward_input(chain, input, data, self.dataset, self.limits)
             self.sizes.check(chain, x, train)
             target = None
@@ -377,10 +378,6 @@ class SegmentHost:
             raise NotFound(f"worker {self.name} hosts no segment {index} of run {run_id!r}")
         return segment
 
-    def _owner(self, run_id: str) -> str | None:
-        run = self.runs.get(run_id)
-        return None if run is None else run.owner
-
     def _chain(self, run_id: str, indices: list[int]) -> list[Segment]:
         check_run_id(run_id)
         self.runs.touch(run_id)
@@ -397,7 +394,3 @@ class SegmentHost:
         if dataset is None:
             raise NotFound(f"worker {self.name} has no dataset {name!r}")
         return dataset
-
-    def _drop_pending(self, run_id: str, index: int) -> None:
-        for key in [k for k in self._pending if k[0] == run_id and index in k[1]]:
-            del self._pending[key]

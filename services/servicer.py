@@ -98,8 +98,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             yield message
 
     def _check_run(self, caller: Caller, run_id: str) -> None:
-        run = self.host.runs.get(run_id)
-        self.access.check_run(caller, run_id, run and run.owner, run is not None)
+        self.access.check_run(caller, run_id, self.host.runs.get(run_id))
 
     # ---- segment lifecycle -----------------------------------------------------
 
@@ -205,11 +204,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             yield from self._serve(caller, heads, None)
 
     def _check_op(self, caller: Caller, op: Op) -> None:
-        run = self.host.runs.get(op.head.run_id)
-        if run is None:
-            self.access.check_op(caller, op, None, (), False)
-        else:
-            self.access.check_op(caller, op, run.owner, run.callers, True)
+        self.access.check_op(caller, op, self.host.runs.get(op.head.run_id))
 
     def _serve(self, caller: Caller, heads, kind: OpKind | None):
         """Apply a stream's ops in order and answer each: inside ExchangeResponses when

@@ -43,32 +43,33 @@ def decode(chunks: Iterable, max_bytes: int = codec.DEFAULT_MAX_TENSOR_BYTES) ->
     return result
 
 
-def export(stub, index: int, run_id: str) -> dict[str, torch.Tensor]:
-    """A segment's state as the worker exports it."""
+def export(stub, index: int, run_id: str, metadata=()) -> dict[str, torch.Tensor]:
+    """A segment's state as the worker exports it (`metadata`: the caller's token)."""
     blob = codec.BlobAssembler()
     request = worker_pb2.ExportSegmentRequest(run_id=run_id, index=index)
-    for response in stub.ExportSegment(request, timeout=TIMEOUT):
+    for response in stub.ExportSegment(request, timeout=TIMEOUT, metadata=metadata):
         blob.add(response.state)
     return codec.decode_state(blob.blob())
 
 
-def pending(stub) -> dict[tuple[str, int], int]:
+def pending(stub, metadata=()) -> dict[tuple[str, int], int]:
     """Batches awaiting Backward, per (run, segment)."""
-    segments = stub.GetStatus(worker_pb2.GetStatusRequest(), timeout=TIMEOUT).segments
+    request = worker_pb2.GetStatusRequest()
+    segments = stub.GetStatus(request, timeout=TIMEOUT, metadata=metadata).segments
     return {(s.run_id, s.index): s.pending_batches for s in segments}
 
 
-def snapshot(stub) -> tuple[dict, dict]:
+def snapshot(stub, metadata=()) -> tuple[dict, dict]:
     """Everything the worker holds that a refused call must not touch: every segment's
     exported state, and its pending count."""
-    counts = pending(stub)
-    states = {key: export(stub, key[1], key[0]) for key in counts}
+    counts = pending(stub, metadata)
+    states = {key: export(stub, key[1], key[0], metadata) for key in counts}
     return states, counts
 
 
-def assert_unchanged(stub, before) -> None:
+def assert_unchanged(stub, before, metadata=()) -> None:
     """The worker holds exactly what `snapshot` saw in `before`."""
-    states, counts = snapshot(stub)
+    states, counts = snapshot(stub, metadata)
     assert counts == before[1]
     assert states.keys() == before[0].keys()
     for key, state in states.items():

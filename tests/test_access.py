@@ -177,13 +177,13 @@ def test_a_middle_host_cannot_read_the_owners_data_by_any_path(cluster, trained)
     run_id, _ = trained
     owner = cluster.client("orchestrator", "alice")
     bob = cluster.client("bob", "alice")  # bob's own valid credential, a host of the run
-    before = snapshot_as(owner)
+    before = snapshot(owner.stub, owner.metadata)
 
     for path, call in middle_host_attacks(run_id, bob.stub, bob.metadata).items():
         error = refused(call, DENIED)
         assert "may not" in error.details() or "not a host" in error.details(), path
 
-    assert_unchanged_as(owner, before)
+    assert_unchanged(owner.stub, before, owner.metadata)
 
 
 def test_a_peer_of_the_run_may_send_its_ops_and_a_stranger_may_not(cluster, trained):
@@ -202,7 +202,7 @@ def test_a_second_orchestrator_cannot_see_read_train_overwrite_or_drop_the_run(c
     run_id, config = trained
     owner = cluster.client("orchestrator", "alice")
     other = cluster.client("orch2", "alice")
-    before = snapshot_as(owner)
+    before = snapshot(owner.stub, owner.metadata)
     seg = config.segments[0]
 
     assert other.status().segments == []
@@ -221,7 +221,7 @@ def test_a_second_orchestrator_cannot_see_read_train_overwrite_or_drop_the_run(c
     ):
         refused(attacks[path], DENIED)
 
-    assert_unchanged_as(owner, before)
+    assert_unchanged(owner.stub, before, owner.metadata)
     other.load_segment("orch2-run", 0, seg.layers, config.optimizer, None)  # its own: fine
     assert [s.run_id for s in other.status().segments] == ["orch2-run"]
     assert run_id not in {s.run_id for s in other.status().segments}
@@ -274,25 +274,6 @@ def _load(path: Path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def snapshot_as(client):
-    return snapshot(_Authorized(client))
-
-
-def assert_unchanged_as(client, before):
-    assert_unchanged(_Authorized(client), before)
-
-
-class _Authorized:
-    """A stub that adds a client's token to every call (helpers call stubs bare)."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def __getattr__(self, name):
-        method = getattr(self._client.stub, name)
-        return lambda *a, **kw: method(*a, metadata=self._client.metadata, **kw)
 
 
 def test_a_killed_train_leaves_no_segment_once_the_lease_lapses(tmp_path):

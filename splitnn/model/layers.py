@@ -238,10 +238,14 @@ def count_parameters(layers: list, where: str = "segment") -> int:
 
 
 def build_segment(
-    layers: list, where: str = "segment", max_parameters: int = DEFAULT_MAX_PARAMETERS
+    layers: list, where: str = "segment", max_parameters: int | None = DEFAULT_MAX_PARAMETERS
 ) -> nn.Sequential:
     """Build a segment as nn.Sequential, in layer order (so the global RNG is used as
-    plain PyTorch code building the same layers would use it)."""
+    plain PyTorch code building the same layers would use it). `max_parameters` None:
+    the caller has counted them already (count_parameters) and checked its caps."""
+    if max_parameters is None:
+        validate_spec(layers, where)
+        return _construct(layers, where)
     size = count_parameters(layers, where)
     if size > max_parameters:
         raise ResourceExhausted(

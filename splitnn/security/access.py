@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from splitnn.errors import PermissionDenied, Unauthenticated
 from splitnn.security.identity import TokenTable, certificate_identity
@@ -29,6 +30,13 @@ from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Op
 
 DEFAULT_ORCHESTRATORS = ("orchestrator",)
+
+
+class RunView(Protocol):
+    """What the policy reads of a run a worker serves (services.runs.Run)."""
+
+    owner: str | None
+    callers: frozenset[str]
 
 
 class Role(enum.Enum):
@@ -121,22 +129,22 @@ class AccessPolicy:
         if caller.role not in RPC_ROLES.get(rpc, frozenset()):
             raise PermissionDenied(f"{caller} may not call {rpc}")
 
-    def check_run(self, caller: Caller, run_id: str, owner: str | None, exists: bool) -> None:
+    def check_run(self, caller: Caller, run_id: str, run: RunView | None) -> None:
         """May this orchestrator act on this run (load into it, export, drop, drive)?
-        A run belongs to the identity that created it."""
+        A run belongs to the identity that created it; `run` None: no such run yet."""
         if caller.role is not Role.ORCHESTRATOR:
             raise PermissionDenied(f"{caller} may not manage runs")
-        if exists and owner != caller.name:
+        if run is not None and run.owner != caller.name:
             raise PermissionDenied(f"run {run_id[:64]!r} belongs to another orchestrator")
 
-    def check_op(self, caller: Caller, op: Op, owner: str | None, callers, exists: bool):
+    def check_op(self, caller: Caller, op: Op, run: RunView | None) -> None:
         """May this caller send this op? The run's orchestrator may send any op of it;
         a peer named among the run's callers may send ops that read no data here."""
         run_id = op.head.run_id
         if caller.role is Role.ORCHESTRATOR:
-            self.check_run(caller, run_id, owner, exists)
+            self.check_run(caller, run_id, run)
             return
-        if not exists or caller.name not in callers:
+        if run is None or caller.name not in run.callers:
             raise PermissionDenied(f"{caller} is not a host of run {run_id[:64]!r}")
         if reads_own_data(op):
             raise PermissionDenied(

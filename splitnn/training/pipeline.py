@@ -114,24 +114,44 @@ class Pipeline:
         the last one (with_loss) meets the owner's labels. Returns the last reply."""
         activation, reply = None, None
         for i, stage in enumerate(self.stages):
-            op = worker_pb2.ForwardRequest(
-                run_id=self.run_id,
-                segments=stage.segments,
-                batch_id=batch_id,
-                mode=mode,
-                want_output=want_output,
-            )
-            if i == 0:
-                op.data.dataset = dataset
-                op.data.indices.extend(rows)
-            if with_loss and i == len(self.stages) - 1:
-                op.loss.kind = self.loss_kind
-                op.loss.dataset = dataset
-                op.loss.indices.extend(rows)
-                op.step = step
+            op = self._forward_head(i, batch_id, dataset, rows, mode, with_loss, step=step)
+            op.want_output = want_output
             reply = yield Call.CALL, stage.host, Op(OpKind.FORWARD, op, activation)
             activation = reply.tensor
         return reply
+
+    def _forward_head(
+        self,
+        i: int,
+        batch_id: int,
+        dataset: str,
+        rows: list[int],
+        mode: worker_pb2.ForwardMode,
+        with_loss: bool,
+        step: bool = False,
+        micro_batch: int = 0,
+        scale: float = 0.0,
+    ) -> worker_pb2.ForwardRequest:
+        """The ForwardRequest of stage i: the first stage reads the owner's rows, the
+        last one (with_loss) meets its labels, backpropagating `scale` times the loss
+        (0: the whole loss) and stepping if `step`."""
+        op = worker_pb2.ForwardRequest(
+            run_id=self.run_id,
+            segments=self.stages[i].segments,
+            batch_id=batch_id,
+            mode=mode,
+            micro_batch=micro_batch,
+        )
+        if i == 0:
+            op.data.dataset = dataset
+            op.data.indices.extend(rows)
+        if with_loss and i == len(self.stages) - 1:
+            op.loss.kind = self.loss_kind
+            op.loss.dataset = dataset
+            op.loss.indices.extend(rows)
+            op.loss.scale = scale
+            op.step = step
+        return op
 
     def train_step(self, batch_id: int, dataset: str, rows: list[int]) -> StepResult:
         """Forward, loss, backward and step for one batch of the owner's rows."""
@@ -220,23 +240,15 @@ class Pipeline:
         ops in order, and every answer is read before the next batch."""
         stages, run = self.stages, self.run_id
         parts = split_rows(rows, self.micro_batches)
+        scales = [micro_batch_scale(self.loss, len(part), len(rows)) for part in parts]
         train = worker_pb2.FORWARD_MODE_TRAIN
         last = len(stages) - 1
 
         def forward(i: int, m: int, tensor) -> Op:
-            op = worker_pb2.ForwardRequest(
-                run_id=run, segments=stages[i].segments, batch_id=batch_id, mode=train,
-                micro_batch=m,
-            )  # fmt: skip
-            if i == 0:
-                op.data.dataset = dataset
-                op.data.indices.extend(parts[m])
-            if i == last:
-                op.loss.kind = self.loss_kind
-                op.loss.dataset = dataset
-                op.loss.indices.extend(parts[m])
-                op.loss.scale = micro_batch_scale(self.loss, len(parts[m]), len(rows))
-            return Op(OpKind.FORWARD, op, tensor)
+            head = self._forward_head(
+                i, batch_id, dataset, parts[m], train, True, micro_batch=m, scale=scales[m]
+            )
+            return Op(OpKind.FORWARD, head, tensor)
 
         for m in range(len(parts)):
             yield Call.SUBMIT, stages[0].host, forward(0, m, None)
@@ -248,7 +260,7 @@ class Pipeline:
         for m in range(len(parts)):
             reply = yield Call.RECEIVE, stages[last].host, None
             result = reply.message.loss
-            loss += result.loss * micro_batch_scale(self.loss, len(parts[m]), len(rows))
+            loss += result.loss * scales[m]
             correct, count = correct + result.correct, count + result.count
             grads.append(reply.tensor)
         for i in range(last - 1, -1, -1):

@@ -67,10 +67,6 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
         self._pending.append((op.kind, messages))
         await self._write(messages)
 
-    def unanswered(self) -> int:
-        """Ops sent on the stream whose answer is not read yet."""
-        return len(self._pending)
-
     async def _write(self, messages) -> None:
         if self._call is None:
             self._call = self._exchange(metadata=self.metadata)

@@ -267,10 +267,6 @@ class WorkerClient(PeerSettings, OrderedStream):
             requests.put(message)
         self._pending.append((op.kind, messages))
 
-    def unanswered(self) -> int:
-        """Ops sent on the stream whose answer is not read yet."""
-        return len(self._pending)
-
     def receive(self) -> Reply:
         """The answer to the oldest op not yet answered."""
         if not self._pending:

@@ -9,6 +9,7 @@ sends ops in order and reads their answers in the same order; `call` and
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Protocol, runtime_checkable
 
 from splitnn.wire.ops import Op, Reply
@@ -59,7 +60,10 @@ class AsyncOpStream(Protocol):
 
 
 class OrderedStream:
-    """call and drain for a blocking stream, over its submit, receive and unanswered."""
+    """call, drain and unanswered for a blocking stream, over its submit, its receive
+    and its `_pending` queue (one entry per op whose answer has not been read)."""
+
+    _pending: Sized
 
     def submit(self, op: Op) -> None:  # pragma: no cover - each stream has its own
         raise NotImplementedError
@@ -67,8 +71,9 @@ class OrderedStream:
     def receive(self) -> Reply:  # pragma: no cover
         raise NotImplementedError
 
-    def unanswered(self) -> int:  # pragma: no cover
-        raise NotImplementedError
+    def unanswered(self) -> int:
+        """How many ops sent have no answer read yet."""
+        return len(self._pending)
 
     def call(self, op: Op) -> Reply:
         """Send an op and wait for its answer (and every earlier one)."""
@@ -86,7 +91,10 @@ class OrderedStream:
 
 
 class AsyncOrderedStream:
-    """call and drain for an event-loop stream, over its submit, receive and unanswered."""
+    """call, drain and unanswered for an event-loop stream, over its submit, its
+    receive and its `_pending` queue."""
+
+    _pending: Sized
 
     async def submit(self, op: Op) -> None:  # pragma: no cover - each stream has its own
         raise NotImplementedError
@@ -94,8 +102,9 @@ class AsyncOrderedStream:
     async def receive(self) -> Reply:  # pragma: no cover
         raise NotImplementedError
 
-    def unanswered(self) -> int:  # pragma: no cover
-        raise NotImplementedError
+    def unanswered(self) -> int:
+        """How many ops sent have no answer read yet."""
+        return len(self._pending)
 
     async def call(self, op: Op) -> Reply:
         """Send an op and wait for its answer (and every earlier one)."""
