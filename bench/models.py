@@ -75,6 +75,8 @@ class BenchJob:
     n_samples: int = 16
     data_seed: int = 0
     micro_batches: int = 1  # splitnn only: training.micro_batches
+    route: str = "owner"  # splitnn only: training.route
+    wire: str = "float32"  # splitnn only: training.wire
 
     def __post_init__(self) -> None:
         if len(self.segments) != len(self.placement):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 
 from bench.models import BenchJob
 from splitnn.orchestrator.config import parse_config
+from splitnn.orchestrator.local_start import LocalStart
 from splitnn.orchestrator.run import connected_workers
 from splitnn.orchestrator.trainer import Trainer
 
@@ -54,6 +58,8 @@ def job_config(job: BenchJob, steps: int, directory: Path):
             "loss": _LOSS_NAMES[job.loss],
             "dataset": dataset,
             "micro_batches": job.micro_batches,
+            "route": job.route,
+            "wire": job.wire,
         },
         "optimizer": optimizer,
         "segments": segments,
@@ -61,14 +67,29 @@ def job_config(job: BenchJob, steps: int, directory: Path):
     return parse_config(raw, directory / f"{job.name}.toml")
 
 
-def run_split(job: BenchJob, steps: int, relay: bool = False, warmup: int = 20) -> dict:
+def run_split(
+    job: BenchJob,
+    steps: int,
+    relay: bool = False,
+    warmup: int = 20,
+    link: tuple[float, float] | None = None,
+) -> dict:
     """Train the job through three local workers; samples/s over the training itself.
     As the baselines leave out their first `warmup` steps, a warm-up run of at least
     that many steps (whole epochs) goes first on the same workers: it opens the peer
-    connections, which the timed run reuses, and warms torch in every process."""
-    with tempfile.TemporaryDirectory() as tmp:
+    connections, which the timed run reuses, and warms torch in every process.
+    `link` (one-way delay in ms, Mbit/s): every connection to a worker, from the
+    orchestrator or another worker, goes through a proxy modelling that link."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         config = job_config(job, steps, Path(tmp))
-        with connected_workers(config, local=True) as clients:
+        connect = {"local": True}
+        if link is not None:
+            started = stack.enter_context(LocalStart(config.workers))
+            proxied = stack.enter_context(proxies(started.addresses(), *link))
+            for host, address in proxied.items():
+                config.workers[host].address = address
+            connect = {"local": False, "security": started.security}
+        with connected_workers(config, **connect) as clients:
             if warmup:
                 warm = job_config(job, warmup, Path(tmp))
                 Trainer(warm, clients, Path(tmp) / "warmup", show_progress=False, relay=relay).run()
@@ -79,3 +100,21 @@ def run_split(job: BenchJob, steps: int, relay: bool = False, warmup: int = 20) 
         "steps": report["steps"],
         "seconds": report["train_time_s"],
     }
+
+
+@contextlib.contextmanager
+def proxies(addresses: dict[str, str], delay_ms: float, mbit: float):
+    """A bench.netproxy process in front of every address; the proxy address by host."""
+    cmd = [sys.executable, "-m", "bench.netproxy", "--delay-ms", str(delay_ms), "--mbit", str(mbit)]
+    for address in addresses.values():
+        cmd += ["--to", address]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        by_target = {}
+        for _ in addresses:
+            _, listen, _, target = process.stdout.readline().split()
+            by_target[target] = listen
+        yield {host: by_target[address] for host, address in addresses.items()}
+    finally:
+        process.kill()
+        process.wait()

@@ -31,6 +31,7 @@ def drive_batches(
     batches,
     evaluate: bool = False,
     micro_batches: int = 1,
+    chain: bool = False,
 ):
     """Have the owner's worker train (or evaluate) batches; yields LossResults.
 
@@ -43,6 +44,7 @@ def drive_batches(
         dataset=dataset,
         mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
         micro_batches=micro_batches,
+        chain=chain,
     )
     for stage in stages:
         client = clients[stage.host]

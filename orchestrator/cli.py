@@ -16,10 +16,8 @@ SEED_CONFIG = Path(__file__).resolve().parent / "seed.toml"
 
 
 def _cmd_train(args) -> int:
-    from splitnn.orchestrator.config import load_config
-    from splitnn.orchestrator.outputs import read_metrics
-    from splitnn.orchestrator.results import format_summary
-    from splitnn.orchestrator.run import train
+    from splitnn.orchestrator.cli_certs import security_from_args
+    from splitnn.orchestrator.local_start import start_early
 
     resume = None
     if args.resume:
@@ -31,15 +29,27 @@ def _cmd_train(args) -> int:
         print(f"resuming {args.resume} at step {resume.cursor.step}")
     if not args.config or not args.out:
         raise SystemExit("splitnn train: give CONFIG and --out DIR, or --resume DIR")
-    config = load_config(args.config)
-    if args.checkpoint_every is not None:
-        config.checkpoint_every = args.checkpoint_every
-    from splitnn.orchestrator.cli_certs import security_from_args
-
     security = security_from_args(args)
-    report = train(
-        config, Path(args.out), args.local, relay=args.relay, resume=resume, security=security
-    )
+    # Local workers start first: they import torch while this process does.
+    with start_early(args.config if args.local else None, security) as started:
+        from splitnn.orchestrator.config import load_config
+        from splitnn.orchestrator.run import train
+
+        config = load_config(args.config)
+        if args.checkpoint_every is not None:
+            config.checkpoint_every = args.checkpoint_every
+        report = train(
+            config,
+            Path(args.out),
+            args.local,
+            relay=args.relay,
+            resume=resume,
+            security=security,
+            started=started,
+        )
+    from splitnn.orchestrator.outputs import read_metrics
+    from splitnn.orchestrator.results import format_summary
+
     print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
     print(
         f"trained {report['steps']} steps in {report['wall_time_s']:.1f}s "
@@ -79,9 +89,12 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from splitnn.orchestrator.demo import run_demo
+    from splitnn.orchestrator.local_start import start_early
 
-    return run_demo(SEED_CONFIG, Path(args.out))
+    with start_early(SEED_CONFIG) as started:  # the workers start while we import
+        from splitnn.orchestrator.demo import run_demo
+
+        return run_demo(SEED_CONFIG, Path(args.out), started=started)
 
 
 def build_parser() -> argparse.ArgumentParser:

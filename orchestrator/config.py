@@ -6,7 +6,6 @@ file, the field and what was expected.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -17,8 +16,14 @@ from splitnn.errors import ConfigError, InvalidArgument
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.model.losses import LOSS_KINDS
+from splitnn.orchestrator.config_workers import (  # noqa: F401 (WorkerConfig: re-exported)
+    OWNER,
+    WorkerConfig,
+    parse_workers,
+    read_toml,
+    unknown_fields,
+)
 
-OWNER = "owner"
 _TOP_KEYS = {"name", "seed", "input_shape", "workers", "training", "optimizer", "segments"}
 _TRAINING_KEYS = {
     "owners",
@@ -34,18 +39,19 @@ _TRAINING_KEYS = {
     "log_every",
     "checkpoint_every",
     "micro_batches",
+    "route",
+    "wire",
 }
-_WORKER_KEYS = {"address", "data", "server_name"}
-
-
-@dataclass
-class WorkerConfig:
-    """Where a host's worker listens, and the files it serves when started locally."""
-
-    name: str
-    address: str | None
-    data: dict[str, Path] = field(default_factory=dict)
-    server_name: str | None = None
+# Training fields with a fixed set of values; the first is the default.
+_CHOICES = {
+    # owner: every hop returns to the owner's worker; chain: each host sends its
+    # output straight to the next (services.chain_forward), fewer messages on chains of
+    # four stages or more, for networks with real latency. (`splitnn train --relay`:
+    # every hop goes through the orchestrator, whatever this says.)
+    "route": ("owner", "chain"),
+    # How activations and gradients travel (splitnn.wire.compress); float32 is exact.
+    "wire": ("float32", "float16", "bfloat16", "int8"),
+}
 
 
 @dataclass
@@ -82,6 +88,8 @@ class Config:
     checkpoint_every: int = 0
     # Cut each training batch into this many micro-batches (splitnn.training.pipeline).
     micro_batches: int = 1
+    route: str = "owner"
+    wire: str = "float32"
     raw: dict = field(default_factory=dict)
 
     def placement(self, owner: str) -> list[str]:
@@ -97,13 +105,7 @@ class Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(raw, path)
+    return parse_config(read_toml(path), path)
 
 
 def parse_config(raw: dict, path: Path) -> Config:
@@ -112,7 +114,7 @@ def parse_config(raw: dict, path: Path) -> Config:
     def fail(where: str, message: str) -> NoReturn:
         raise ConfigError(f"{path}: {where}: {message}")
 
-    _unknown(raw, _TOP_KEYS, "", fail)
+    unknown_fields(raw, _TOP_KEYS, "", fail)
     name = raw.get("name", path.stem)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -128,36 +130,12 @@ def parse_config(raw: dict, path: Path) -> Config:
             f"expected a list of positive integers (one row's shape), got {input_shape!r}",
         )
 
-    workers_raw = raw.get("workers")
-    if not isinstance(workers_raw, dict) or not workers_raw:
-        fail("workers", "expected a table of hosts, e.g. [workers.alice]")
-    workers = {}
-    for host, entry in workers_raw.items():
-        where = f"workers.{host}"
-        if host == OWNER:
-            fail(where, f"'{OWNER}' is reserved for the current data owner")
-        if isinstance(entry, str):
-            entry = {"address": entry}
-        if not isinstance(entry, dict):
-            fail(where, "expected a table with address and data")
-        _unknown(entry, _WORKER_KEYS, where, fail)
-        address = entry.get("address")
-        if address is not None and (not isinstance(address, str) or ":" not in address):
-            fail(f"{where}.address", f"expected HOST:PORT, got {address!r}")
-        data = entry.get("data", {})
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            fail(f"{where}.data", "expected a table of dataset name = path")
-        workers[host] = WorkerConfig(
-            host,
-            address,
-            {k: (path.parent / v).resolve() for k, v in data.items()},
-            entry.get("server_name"),
-        )
+    workers = parse_workers(raw, path)
 
     training = raw.get("training", {})
     if not isinstance(training, dict):
         fail("training", "expected a table")
-    _unknown(training, _TRAINING_KEYS, "training", fail)
+    unknown_fields(training, _TRAINING_KEYS, "training", fail)
     owners = training.get("owners")
     if not isinstance(owners, list) or not owners or not all(isinstance(o, str) for o in owners):
         fail("training.owners", "expected a list of host names")
@@ -181,6 +159,11 @@ def parse_config(raw: dict, path: Path) -> Config:
         minimum = 1 if key in at_least_one else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             fail(f"training.{key}", f"expected an integer >= {minimum}, got {value!r}")
+        values[key] = value
+    for key, allowed in _CHOICES.items():
+        value = training.get(key, allowed[0])
+        if value not in allowed:
+            fail(f"training.{key}", f"expected one of {list(allowed)}, got {value!r}")
         values[key] = value
     shuffle = training.get("shuffle", True)
     if not isinstance(shuffle, bool):
@@ -207,7 +190,7 @@ def parse_config(raw: dict, path: Path) -> Config:
         where = f"segments[{i}]"
         if not isinstance(seg, dict):
             fail(where, "expected a table with host and layers")
-        _unknown(seg, {"host", "layers"}, where, fail)
+        unknown_fields(seg, {"host", "layers"}, where, fail)
         host = seg.get("host")
         if not isinstance(host, str) or (host != OWNER and host not in workers):
             fail(
@@ -262,22 +245,18 @@ def parse_config(raw: dict, path: Path) -> Config:
     return config
 
 
-def _unknown(table: dict, allowed: set, where: str, fail) -> None:
-    for key in table:
-        if key not in allowed:
-            prefix = f"{where}.{key}" if where else key
-            fail(prefix, f"unknown field; expected one of {sorted(allowed)}")
-
-
 def check_shapes(config: Config) -> None:
-    """Run a zero batch through the chain on the meta device: shapes must chain."""
-    x = torch.zeros([2, *config.input_shape], device="meta")
+    """Run a zero batch of two rows through the chain on the CPU: shapes must chain.
+    (Not on the meta device: its kernels import torch's compiler stack, seconds of
+    start-up for a check of shapes. The orchestrator builds the whole model on the
+    CPU for its initial weights in any case.)"""
+    x = torch.zeros([2, *config.input_shape])
     for segment in config.segments:
-        with torch.device("meta"):
-            module = layer_specs.build_segment(segment.layers, f"segments[{segment.index}]")
+        module = layer_specs.build_segment(segment.layers, f"segments[{segment.index}]")
         try:
-            x = module(x)
-        except (RuntimeError, ValueError) as err:
+            with torch.no_grad():
+                x = module(x)
+        except (RuntimeError, ValueError, IndexError) as err:
             raise ConfigError(
                 f"{config.path}: segments[{segment.index}]: takes no input of shape "
                 f"{list(x.shape[1:])} (per row) from the segment before: {err}"

@@ -19,8 +19,9 @@ from splitnn.orchestrator.trainer import Trainer
 from splitnn.training.pipeline import Pipeline, plan_stages
 
 
-def run_demo(config_path: Path, out_dir: Path) -> int:
-    """Train the seed job split over alice, bob and claire, print as the notebook did."""
+def run_demo(config_path: Path, out_dir: Path, started=None) -> int:
+    """Train the seed job split over alice, bob and claire, print as the notebook did;
+    `started`: its local workers, if launched already (a LocalStart)."""
     config = load_config(config_path)
     print(f"splitnn demo: {config.name} job from {config_path}")
     print("  chain: " + " -> ".join(s.host for s in config.segments))
@@ -34,7 +35,7 @@ def run_demo(config_path: Path, out_dir: Path) -> int:
             owner, loss = record["owner"], record["loss"]
             print(f"  {owner:>7}  Epoch: {epoch}/{config.epochs}  Loss: {loss:.4f}")
 
-    with connected_workers(config, local=True) as clients:
+    with connected_workers(config, local=True, started=started) as clients:
         trainer = Trainer(config, clients, out_dir, on_epoch=on_epoch, show_progress=False)
         report = trainer.run(keep_segments=True)
         owner = config.owners[-1]

@@ -34,15 +34,30 @@ class LocalWorkers:
         self.logs: dict[str, list[str]] = {}
 
     def __enter__(self) -> LocalWorkers:
+        self.start()
+        self.wait_started()
+        return self
+
+    def start(self) -> None:
+        """Launch every worker process (without waiting for them to listen)."""
         try:
             for host in self.data:
-                self._start(host)
-            for host in self.data:
-                self._wait(host)
+                if host not in self.processes:
+                    self._start(host)
         except BaseException:
             self.stop()
             raise
-        return self
+
+    def wait_started(self) -> dict[str, str]:
+        """Wait until every worker listens; its address by host."""
+        try:
+            for host in self.data:
+                if host not in self.addresses:
+                    self._wait(host)
+        except BaseException:
+            self.stop()
+            raise
+        return self.addresses
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -5,9 +5,27 @@ Works on a finished or an interrupted run: it only reads what was logged.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from splitnn.orchestrator.outputs import read_metrics
+
+
+def _import_pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def preload_plotting() -> threading.Thread:
+    """Import matplotlib on a background thread (about a second) while training runs,
+    mostly waiting on the network, so that plot_curves at the end does not pay it."""
+    thread = threading.Thread(target=_import_pyplot, name="preload-matplotlib", daemon=True)
+    thread.start()
+    return thread
 
 
 def _x(record: dict, epochs_per_turn: int) -> int:
@@ -16,10 +34,7 @@ def _x(record: dict, epochs_per_turn: int) -> int:
 
 def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     """Loss and accuracy against epochs, one line per owner, turns marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _import_pyplot()
 
     epochs = max((r["epoch"] for r in records), default=1)
     owners = list(dict.fromkeys(r["owner"] for r in records))

@@ -12,6 +12,7 @@ import torch
 from splitnn.errors import SplitnnError
 from splitnn.model import layers as layer_specs
 from splitnn.orchestrator.config import Config
+from splitnn.v1 import worker_pb2
 
 # The global RNG is what plain PyTorch code uses to build a model; runs started
 # from several threads of one process must not interleave their draws.
@@ -56,9 +57,24 @@ class SegmentPlacement:
         names.update(w.server_name for w in self.config.workers.values() if w.server_name)
         return sorted(names)
 
+    @property
+    def peers(self) -> list[worker_pb2.Peer]:
+        """Where the run's hosts listen, as this orchestrator reaches them: chain
+        forwarding dials only these."""
+        return [
+            worker_pb2.Peer(host=h, address=c.address, server_name=c.server_name or "")
+            for h, c in sorted(self.clients.items())
+        ]
+
     def _load(self, host: str, seg, state: dict[str, torch.Tensor]) -> None:
         self.clients[host].load_segment(
-            self.run_id, seg.index, seg.layers, self.config.optimizer, state, callers=self.callers
+            self.run_id,
+            seg.index,
+            seg.layers,
+            self.config.optimizer,
+            state,
+            callers=self.callers,
+            peers=self.peers,
         )
         self.location[seg.index] = host
 

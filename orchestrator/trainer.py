@@ -21,7 +21,7 @@ from splitnn.orchestrator.outputs import (
     save_model,
     write_report,
 )
-from splitnn.orchestrator.results import plot_curves
+from splitnn.orchestrator.results import plot_curves, preload_plotting
 from splitnn.orchestrator.segments import SegmentPlacement
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
@@ -90,6 +90,7 @@ class Trainer:
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        preload_plotting()
         for name, client in self.clients.items():
             status = client.status()
             self._traffic_start[name] = (status.bytes_received, status.bytes_sent)
@@ -237,6 +238,7 @@ class Trainer:
                         first_id,
                         flat,
                         micro_batches=config.micro_batches,
+                        chain=config.route == "chain",
                     )
                 )
             for position, ((epoch, batch, n_batches, _), result) in enumerate(

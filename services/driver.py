@@ -107,6 +107,23 @@ class Driver:
                 key = _peer_key(client.name, client.address, client.server_name)
                 self._idle.setdefault(key, []).append(client)
 
+    def close(self, timeout: float = 1.0) -> None:
+        """Close the idle peer connections (a worker shutting down); Drives still running
+        keep theirs until they end."""
+        with self._lock:
+            loop, idle = self._loop, [c for clients in self._idle.values() for c in clients]
+            self._idle.clear()
+        if loop is None or not idle:
+            return
+
+        async def close_all() -> None:
+            await asyncio.gather(*(client.close() for client in idle), return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout)
+        except (TimeoutError, RuntimeError):  # shutting down either way
+            pass
+
     def drive(self, request: worker_pb2.DriveRequest, context=None):
         """Train (or evaluate) the request's batches; yield DriveResponses with results.
         With the call's `context`, a cancelled call stops the batches at once (between
@@ -168,7 +185,9 @@ class Driver:
                     clients[stage.host] = LocalClient(self.host) if own else self._checkout(stage)
             stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
             micro = request.micro_batches  # 0 (unset) and 1 alike: whole batches
-            pipeline = Pipeline(clients, request.run_id, stages, loss_name, micro)
+            pipeline = Pipeline(
+                clients, request.run_id, stages, loss_name, micro, chain=request.chain
+            )
             await self._run_batches(request, pipeline, results, stop)
             await pipeline.flush_async()
         except BaseException as err:

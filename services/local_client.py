@@ -27,6 +27,11 @@ class LocalClient(OrderedStream):
         answer = ops.apply(self.host, op, replay=False)  # in process: no answer is lost
         self._pending.append(Reply(answer.head, answer.tensor))
 
+    def expect(self, op: Op) -> None:
+        """Arm one of this host's own forwards, to run when the chain brings its input
+        (splitnn.services.expectations)."""
+        self.host.expected.arm(op.head)
+
     def receive(self) -> Reply:
         """The answer to the oldest op not yet received."""
         return self._pending.popleft()

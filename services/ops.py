@@ -131,14 +131,14 @@ def same_op(a: Op, b: Op) -> bool:
     )
 
 
-def apply(host: SegmentHost, op: Op, replay: bool = True) -> Answer:
+def apply(host: SegmentHost, op: Op, replay: bool = True, chain=None) -> Answer:
     """Apply an op once: a repeat of a recent op with the same OpKey and content (a retry
     after a lost answer) gets the stored answer instead of running again; an op under a
     recent OpKey with other content is refused, and changes nothing. `replay` False:
     the op comes from this process (a driving worker's own stages), whose answers are
-    never lost, so none is kept."""
+    never lost, so none is kept. `chain` (a ChainForwarder) runs chained forwards."""
     if not replay or not _replayable(op):
-        return _APPLY[op.kind](host, op)
+        return _apply_once(host, op, chain)
     key = op.key
     stored = host.replay.get(key)
     if stored is not None:
@@ -149,6 +149,14 @@ def apply(host: SegmentHost, op: Op, replay: bool = True) -> Answer:
                 f"{list(key.segments)} was already applied, with other content"
             )
         return answer
-    answer = _APPLY[op.kind](host, op)
+    answer = _apply_once(host, op, chain)
     host.replay.put(key, op, answer)
     return answer
+
+
+def _apply_once(host: SegmentHost, op: Op, chain) -> Answer:
+    if op.kind is OpKind.FORWARD and op.head.chain:
+        if chain is None:
+            raise FailedPrecondition("this path does not forward along a chain")
+        return chain.apply(op)
+    return _APPLY[op.kind](host, op)

@@ -23,6 +23,8 @@ class Run:
     run_id: str
     owner: str | None  # the identity that created it (None: no identities here)
     callers: frozenset[str] = frozenset()  # peers that may send its ops
+    # host -> (address, TLS server name or ""): where chain forwarding may dial
+    peers: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -43,14 +45,16 @@ class Runs:
         run = self._runs.get(run_id)
         return None if run is None else run.owner
 
-    def claim(self, run_id: str, owner: str | None, callers) -> Run:
+    def claim(self, run_id: str, owner: str | None, callers, peers=None) -> Run:
         """The run a load names, created for `owner` if new; its callers become
-        `callers`. (Whether `owner` may use an existing run is access's to check.)"""
+        `callers` and its peers' addresses `peers` (host -> (address, server name)).
+        (Whether `owner` may use an existing run is access's to check.)"""
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 run = self._runs[run_id] = Run(run_id, owner)
             run.callers = frozenset(callers)
+            run.peers = dict(peers or {})
             run.last_used = time.monotonic()
             return run
 

@@ -39,6 +39,7 @@ from splitnn.services.chain import (
     snapshot_grads,
     step_chain,
 )
+from splitnn.services.expectations import Expectations
 from splitnn.services.replay import ReplayCache
 from splitnn.services.runs import Runs
 from splitnn.services.segment import (
@@ -70,6 +71,8 @@ class SegmentHost:
         # that answered pays them otherwise (see settle).
         self._owed = OwedLedger()
         self.replay = ReplayCache()
+        # The driver's own last stages, armed for forwards the chain brings.
+        self.expected = Expectations()
         self.runs = Runs(self.limits.lease_seconds)
         self.sizes = ActivationSizes(self.limits.max_tensor_bytes)
         self._pending_floor = quota.pending_floor(self.limits)
@@ -86,9 +89,11 @@ class SegmentHost:
         replace: bool = False,
         owner: str | None = None,
         callers=(),
+        peers=None,
     ) -> Segment:
         """Build a segment from its spec and state; nothing changes if any part is bad.
-        A new run belongs to `owner`; `callers` are the peers that may send its ops."""
+        A new run belongs to `owner`; `callers` are the peers that may send its ops;
+        `peers` where its hosts listen (host -> (address, TLS server name))."""
         check_run_id(run_id)
         where = f"segment {index}"
         layer_specs.validate_spec(layers, where)
@@ -114,7 +119,7 @@ class SegmentHost:
             self._owed.pay(run_id, [index])
             self._forget_batches(run_id, index)
             self._segments[key] = segment
-            self.runs.claim(run_id, owner, callers)
+            self.runs.claim(run_id, owner, callers, peers)
             self.sizes.forget()
         return segment
 
@@ -155,6 +160,7 @@ class SegmentHost:
             for index in indices:
                 self._remove(run_id, index)
             self.runs.forget(run_id)
+            self.expected.forget(run_id)
             return len(indices)
 
     def _remove(self, run_id: str, index: int) -> None:

@@ -12,14 +12,18 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import torch
 
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.model.warm import warm_up_in_background
 from splitnn.security.access import DEFAULT_ORCHESTRATORS, AccessPolicy
 from splitnn.security.policy import Security, is_loopback
+from splitnn.services.chain_forward import PeerPool
 from splitnn.services.driver import Driver
 from splitnn.services.guard import (
     DEFAULT_CALLS_PER_IDENTITY,
@@ -206,7 +210,18 @@ def worker_security(args: argparse.Namespace) -> Security | None:
     return security
 
 
-def build(args: argparse.Namespace):
+@dataclass
+class Worker:
+    """A worker's parts: its host, its bound server (started by main) and its driver."""
+
+    host: SegmentHost
+    server: grpc.Server
+    port: int
+    driver: Driver
+    peers: PeerPool
+
+
+def build(args: argparse.Namespace) -> Worker:
     """Create the host, the servicer and the bound server (not started)."""
     security = worker_security(args)
     limits = Limits(
@@ -221,7 +236,7 @@ def build(args: argparse.Namespace):
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)
-        peer_factory = None  # the Driver's plain AsyncExchangeClient
+        peer_factory = chain_factory = None  # plain AsyncExchangeClient, WorkerClient
         access = AccessPolicy(args.orchestrator)
     else:
         server, port = create_server(
@@ -234,6 +249,7 @@ def build(args: argparse.Namespace):
         # Driving the chain, this worker dials its peers with its own certificate and
         # token, expecting the peer called NAME to present a certificate for NAME.
         peer_factory = security.client_factory(AsyncExchangeClient)
+        chain_factory = security.client_factory()
     driver = Driver(host, client_factory=peer_factory, spin_seconds=args.busy_poll_us / 1e6)
     servicer = WorkerServicer(
         host,
@@ -242,10 +258,11 @@ def build(args: argparse.Namespace):
         access=access,
         slots=CallSlots(args.max_calls_per_identity),
         idle=IdleWatch(args.idle_timeout_s),
+        peers=PeerPool(chain_factory),
     )
     add_worker_service(servicer, server)
     add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
-    return host, server, port
+    return Worker(host, server, port, driver, servicer.peers)
 
 
 def start_lease_keeper(host: SegmentHost) -> threading.Thread:
@@ -289,7 +306,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         torch.set_num_interop_threads(args.threads)
     try:
-        host, server, port = build(args)
+        worker = build(args)
     except (SplitnnError, OSError) as err:
         print(f"splitnn-worker: {err}", file=sys.stderr)
         return 2
@@ -297,15 +314,20 @@ def main(argv=None) -> int:
     # keep the garbage collector from walking it again and again on the hot path.
     gc.collect()
     gc.freeze()
-    server.start()
-    start_lease_keeper(host)
+    worker.server.start()
+    start_lease_keeper(worker.host)
     bind_host = args.listen.rsplit(":", 1)[0]
-    print(f"splitnn-worker {args.name} listening on {bind_host}:{port}", flush=True)
+    print(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}", flush=True)
+    warm_up_in_background()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=1).wait()
+    # The streams this worker holds open to its peers would keep each peer's own
+    # shutdown waiting for its grace period: close them first.
+    worker.driver.close()
+    worker.peers.close()
+    worker.server.stop(grace=1).wait()
     return 0
 
 

@@ -18,6 +18,7 @@ from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.security.access import AccessPolicy, Caller
 from splitnn.services import ops
+from splitnn.services.chain_forward import ChainForwarder, PeerPool
 from splitnn.services.driver import Driver
 from splitnn.services.guard import CallSlots, IdleWatch
 from splitnn.services.segment_host import SegmentHost
@@ -70,10 +71,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         access: AccessPolicy | None = None,
         slots: CallSlots | None = None,
         idle: IdleWatch | None = None,
+        peers: PeerPool | None = None,
     ):
         self.host = host
         self.chunk_bytes = chunk_bytes
         self.driver = driver if driver is not None else Driver(host)
+        self.peers = peers or PeerPool()
+        self.chain = ChainForwarder(host, self.peers.call)
         self.access = access or AccessPolicy()
         self.slots = slots or CallSlots()
         self.idle = idle or IdleWatch()
@@ -130,6 +134,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 replace=first.replace,
                 owner=caller.name,
                 callers=list(first.callers),
+                peers={p.host: (p.address, p.server_name) for p in first.peers},
             )
             return worker_pb2.LoadSegmentResponse(
                 index=segment.index, parameter_count=segment.parameter_count
@@ -215,7 +220,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         max_bytes = self.host.limits.max_tensor_bytes
         for op in ops_from_proto(heads, max_bytes, kind):
             self._check_op(caller, op)
-            answer = ops.apply(self.host, op)
+            # The chain's last hop into this worker's own stage runs the head its
+            # driver armed (with the loss over its labels), checked above as sent.
+            op = self.host.expected.resolve(op)
+            answer = ops.apply(self.host, op, chain=self.chain)
             try:
                 for message in reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None):
                     self.bytes_sent += message.ByteSize()

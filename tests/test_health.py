@@ -33,7 +33,8 @@ def _worker_args(name: str):
 @pytest.fixture
 def worker_address():
     """A worker built as `splitnn-worker` builds it, serving on a free loopback port."""
-    _, server, port = worker_server.build(_worker_args("alice"))
+    worker = worker_server.build(_worker_args("alice"))
+    server, port = worker.server, worker.port
     server.start()
     try:
         yield f"127.0.0.1:{port}"

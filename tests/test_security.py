@@ -66,7 +66,8 @@ def serve():
 
     def start(name: str, *flags: str):
         args = parse_args(["--name", name, "--listen", "127.0.0.1:0", *flags])
-        host, server, port = build(args)
+        worker = build(args)
+        host, server, port = worker.host, worker.server, worker.port
         server.start()
         started.append(server)
         return host, f"127.0.0.1:{port}"
@@ -166,7 +167,8 @@ def test_worker_refuses_to_serve_a_network_unprotected_unless_insecure_is_asked_
 def test_worker_on_loopback_starts_with_the_contract_command_alone():
     # DESIGN's contract: `splitnn-worker --name NAME --listen HOST:PORT` starts a worker;
     # on loopback no other machine can reach it, so no flag is needed there.
-    _, server, port = build(parse_args(["--name", "alice", "--listen", "127.0.0.1:0"]))
+    worker = build(parse_args(["--name", "alice", "--listen", "127.0.0.1:0"]))
+    server, port = worker.server, worker.port
     server.stop(None)
     assert port > 0
 
@@ -176,7 +178,7 @@ def test_insecure_off_loopback_warns(serve, caplog):
         serve("alice", "--insecure")
         assert not caplog.records
         args = parse_args(["--name", "alice", "--listen", "0.0.0.0:0", "--insecure"])
-        _, server, _ = build(args)
+        server = build(args).server
         server.stop(None)
     assert any("WARNING" in r.getMessage() and "0.0.0.0" in r.getMessage() for r in caplog.records)
 

@@ -10,9 +10,11 @@ benchmark's 5-way layout, with `--threads 1`).
 
 from __future__ import annotations
 
-import torch
-
 
 def adopt_torch_threads() -> None:
-    """Apply the process's torch thread count (torch.set_num_threads) to this thread."""
+    """Apply the process's torch thread count (torch.set_num_threads) to this thread.
+    torch is imported here, not above: the channels module needs this function, and
+    the CLI should not import torch before it starts local workers."""
+    import torch
+
     torch.set_num_threads(torch.get_num_threads())

@@ -32,6 +32,7 @@ class Call(enum.Enum):
     RECEIVE = "receive"  # read the answer to the oldest op not yet answered
     CALL = "call"  # send an op and wait for its answer
     DRAIN = "drain"  # wait for every answer owed; the last one
+    EXPECT = "expect"  # arm an own stage's op for the chain to bring its input
 
 
 # What a plan yields: the call, the host, and the op (None for DRAIN).
@@ -77,6 +78,8 @@ def _start(stream, call: Call, op: Op | None):
         return stream.call(op)
     if call is Call.RECEIVE:
         return stream.receive()
+    if call is Call.EXPECT:
+        return stream.expect(op)
     return stream.drain()
 
 
@@ -92,6 +95,7 @@ class Pipeline:
         stages: list[Stage],
         loss: str,
         micro_batches: int = 1,
+        chain: bool = False,
     ):
         self.clients = clients
         self.run_id = run_id
@@ -99,6 +103,9 @@ class Pipeline:
         self.loss = loss
         self.loss_kind = loss_kind(loss)
         self.micro_batches = max(1, micro_batches)
+        # Chain forwarding (whole training batches, a driver holding both ends of a
+        # chain of three stages or more): see splitnn.services.chain_forward.
+        self.chain = chain and len(stages) >= 3 and stages[0].host == stages[-1].host
 
     def _forward(
         self,
@@ -208,6 +215,8 @@ class Pipeline:
     def _train_step(self, batch_id: int, dataset: str, rows: list[int]):
         if self.micro_batches > 1 and len(rows) > 1:
             return (yield from self._train_step_micro(batch_id, dataset, rows))
+        if self.chain:
+            return (yield from self._train_step_chained(batch_id, dataset, rows))
         stages, run = self.stages, self.run_id
         # One stage does it all in one call; otherwise the last stage's step waits and
         # overlaps with the backward of the stage before.
@@ -230,6 +239,32 @@ class Pipeline:
             # stream keeps it ordered before this worker's next op.
             if i > 0:
                 grad = (yield Call.DRAIN, stage.host, None).tensor
+        return StepResult(loss.loss, loss.correct, loss.count)
+
+    def _train_step_chained(self, batch_id: int, dataset: str, rows: list[int]):
+        """One batch with chain forwarding: the first stage's output goes to the second
+        stage with the rest of the chain; each host passes its output on and, once the
+        gradient comes back, backpropagates and steps; the last stage (this driver's,
+        armed first) computes the loss; the second stage answers with its input
+        gradient and the loss. Then the last stage steps and the first backpropagates."""
+        stages, run = self.stages, self.run_id
+        train = worker_pb2.FORWARD_MODE_TRAIN
+        first, last = stages[0], stages[-1]
+        head = self._forward_head(0, batch_id, dataset, rows, train, True)
+        activation = (yield Call.CALL, first.host, Op(OpKind.FORWARD, head)).tensor
+        final = self._forward_head(len(stages) - 1, batch_id, dataset, rows, train, True)
+        yield Call.EXPECT, last.host, Op(OpKind.FORWARD, final)
+        head = self._forward_head(1, batch_id, dataset, rows, train, True)
+        head.chain.extend(worker_pb2.ChainHop(host=s.host, segments=s.segments) for s in stages[2:])
+        reply = yield Call.CALL, stages[1].host, Op(OpKind.FORWARD, head, activation)
+        loss = reply.message.loss
+        step = worker_pb2.StepRequest(run_id=run, segments=last.segments, batch_id=batch_id)
+        yield Call.SUBMIT, last.host, Op(OpKind.STEP, step)
+        back = worker_pb2.BackwardRequest(
+            run_id=run, segments=first.segments, batch_id=batch_id, step=True
+        )
+        yield Call.SUBMIT, first.host, Op(OpKind.BACKWARD, back, reply.tensor)
+        yield Call.DRAIN, first.host, None
         return StepResult(loss.loss, loss.correct, loss.count)
 
     def _train_step_micro(self, batch_id: int, dataset: str, rows: list[int]):

@@ -160,9 +160,11 @@ class WorkerClient(PeerSettings, OrderedStream):
         state: dict[str, torch.Tensor] | None,
         replace: bool = False,
         callers=(),
+        peers=(),
     ) -> None:
         """Create a segment on the worker from its spec and state; `callers` are the
-        other workers that may send the run's ops to it."""
+        other workers that may send the run's ops to it, `peers` (Peer messages) where
+        the run's hosts listen."""
         spec = worker_pb2.SegmentSpec(
             index=index,
             layers=[layer_specs.layer_to_proto(layer) for layer in layers],
@@ -170,7 +172,7 @@ class WorkerClient(PeerSettings, OrderedStream):
         )
         messages = [
             worker_pb2.LoadSegmentRequest(
-                run_id=run_id, spec=spec, replace=replace, callers=sorted(callers)
+                run_id=run_id, spec=spec, replace=replace, callers=sorted(callers), peers=peers
             )
         ]
         if state:

@@ -113,18 +113,30 @@ class SegmentSpec(_message.Message):
     def __init__(self, index: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ...) -> None: ...
 
 class LoadSegmentRequest(_message.Message):
-    __slots__ = ("run_id", "spec", "state", "replace", "callers")
+    __slots__ = ("run_id", "spec", "state", "replace", "callers", "peers")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     CALLERS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: SegmentSpec
     state: _tensor_pb2.BlobChunk
     replace: bool
     callers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[SegmentSpec, _Mapping]] = ..., state: _Optional[_Union[_tensor_pb2.BlobChunk, _Mapping]] = ..., replace: _Optional[bool] = ..., callers: _Optional[_Iterable[str]] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[SegmentSpec, _Mapping]] = ..., state: _Optional[_Union[_tensor_pb2.BlobChunk, _Mapping]] = ..., replace: _Optional[bool] = ..., callers: _Optional[_Iterable[str]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("host", "address", "server_name")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    address: str
+    server_name: str
+    def __init__(self, host: _Optional[str] = ..., address: _Optional[str] = ..., server_name: _Optional[str] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("index", "parameter_count")
@@ -191,7 +203,7 @@ class LossResult(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output", "micro_batch")
+    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output", "micro_batch", "chain")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +214,7 @@ class ForwardRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     WANT_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
@@ -212,7 +225,16 @@ class ForwardRequest(_message.Message):
     step: bool
     want_output: bool
     micro_batch: int
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ..., micro_batch: _Optional[int] = ...) -> None: ...
+    chain: _containers.RepeatedCompositeFieldContainer[ChainHop]
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ..., micro_batch: _Optional[int] = ..., chain: _Optional[_Iterable[_Union[ChainHop, _Mapping]]] = ...) -> None: ...
+
+class ChainHop(_message.Message):
+    __slots__ = ("host", "segments")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    segments: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("batch_id", "output", "input_grad", "loss", "micro_batch")
@@ -359,7 +381,7 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DriveRequest(_message.Message):
-    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches")
+    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches", "chain")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +389,7 @@ class DriveRequest(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     loss: LossKind
@@ -374,7 +397,8 @@ class DriveRequest(_message.Message):
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     mode: ForwardMode
     micro_batches: int
-    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ...) -> None: ...
+    chain: bool
+    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ..., chain: _Optional[bool] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("batch_id", "loss")
