@@ -32,6 +32,7 @@ def drive_batches(
     evaluate: bool = False,
     micro_batches: int = 1,
     chain: bool = False,
+    wire: int = 0,
 ):
     """Have the owner's worker train (or evaluate) batches; yields LossResults.
 
@@ -45,6 +46,7 @@ def drive_batches(
         mode=worker_pb2.FORWARD_MODE_EVAL if evaluate else worker_pb2.FORWARD_MODE_TRAIN,
         micro_batches=micro_batches,
         chain=chain,
+        wire=wire,
     )
     for stage in stages:
         client = clients[stage.host]

@@ -26,6 +26,7 @@ from splitnn.orchestrator.segments import SegmentPlacement
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
 from splitnn.transport.client import WorkerClient
+from splitnn.wire.compress import wire_format
 
 # Rows of batch indices sent in one Drive call (keeps requests well under the limit).
 MAX_ROWS_PER_CALL = 1_000_000
@@ -218,7 +219,14 @@ class Trainer:
         if self.hosts.hand_over(placement) and cursor.step > 0:
             self.checkpoint()
         stages = plan_stages(placement)
-        pipeline = Pipeline(self.clients, self.run_id, stages, config.loss, config.micro_batches)
+        pipeline = Pipeline(
+            self.clients,
+            self.run_id,
+            stages,
+            config.loss,
+            config.micro_batches,
+            wire=wire_format(config.wire),
+        )
         turn_started = time.perf_counter()
         while cursor.epoch < config.epochs:
             call = self._next_call(turn)
@@ -239,6 +247,7 @@ class Trainer:
                         flat,
                         micro_batches=config.micro_batches,
                         chain=config.route == "chain",
+                        wire=wire_format(config.wire),
                     )
                 )
             for position, ((epoch, batch, n_batches, _), result) in enumerate(

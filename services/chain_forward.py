@@ -111,6 +111,7 @@ class ChainForwarder:
             mode=head.mode,
             micro_batch=head.micro_batch,
             chain=rest,
+            wire=head.wire,
         )
         try:
             address, server_name = peer

@@ -186,7 +186,13 @@ class Driver:
             stages = [Stage(s.host, tuple(s.segments)) for s in request.stages]
             micro = request.micro_batches  # 0 (unset) and 1 alike: whole batches
             pipeline = Pipeline(
-                clients, request.run_id, stages, loss_name, micro, chain=request.chain
+                clients,
+                request.run_id,
+                stages,
+                loss_name,
+                micro,
+                chain=request.chain,
+                wire=request.wire,
             )
             await self._run_batches(request, pipeline, results, stop)
             await pipeline.flush_async()

@@ -225,7 +225,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             op = self.host.expected.resolve(op)
             answer = ops.apply(self.host, op, chain=self.chain)
             try:
-                for message in reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None):
+                wire = getattr(op.head, "wire", 0)
+                replies = reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None, wire)
+                for message in replies:
                     self.bytes_sent += message.ByteSize()
                     yield message
             finally:

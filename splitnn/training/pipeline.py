@@ -96,6 +96,7 @@ class Pipeline:
         loss: str,
         micro_batches: int = 1,
         chain: bool = False,
+        wire: int = 0,
     ):
         self.clients = clients
         self.run_id = run_id
@@ -103,6 +104,7 @@ class Pipeline:
         self.loss = loss
         self.loss_kind = loss_kind(loss)
         self.micro_batches = max(1, micro_batches)
+        self.wire = wire  # WireFormat of every Forward and Backward (training.wire)
         # Chain forwarding (whole training batches, a driver holding both ends of a
         # chain of three stages or more): see splitnn.services.chain_forward.
         self.chain = chain and len(stages) >= 3 and stages[0].host == stages[-1].host
@@ -148,6 +150,7 @@ class Pipeline:
             batch_id=batch_id,
             mode=mode,
             micro_batch=micro_batch,
+            wire=self.wire,
         )
         if i == 0:
             op.data.dataset = dataset
@@ -228,7 +231,7 @@ class Pipeline:
         for i in range(len(stages) - 2, -1, -1):
             stage = stages[i]
             op = worker_pb2.BackwardRequest(
-                run_id=run, segments=stage.segments, batch_id=batch_id, step=True
+                run_id=run, segments=stage.segments, batch_id=batch_id, step=True, wire=self.wire
             )
             yield Call.SUBMIT, stage.host, Op(OpKind.BACKWARD, op, grad)
             if owed is not None:
@@ -303,7 +306,11 @@ class Pipeline:
                 if i < last - 1:
                     grads[m] = (yield Call.RECEIVE, stages[i + 1].host, None).tensor
                 back = worker_pb2.BackwardRequest(
-                    run_id=run, segments=stages[i].segments, batch_id=batch_id, micro_batch=m
+                    run_id=run,
+                    segments=stages[i].segments,
+                    batch_id=batch_id,
+                    micro_batch=m,
+                    wire=self.wire,
                 )
                 yield Call.SUBMIT, stages[i].host, Op(OpKind.BACKWARD, back, grads[m])
         for stage in stages:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17splitnn/v1/tensor.proto\x12\nsplitnn.v1\"j\n\x0bTensorChunk\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.splitnn.v1.Dtype\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"7\n\tBlobChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*\xcf\x01\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17splitnn/v1/tensor.proto\x12\nsplitnn.v1\"\xa3\x01\n\x0bTensorChunk\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.splitnn.v1.Dtype\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12#\n\x08widen_to\x18\x06 \x01(\x0e\x32\x11.splitnn.v1.Dtype\x12\x12\n\nrow_scales\x18\x07 \x01(\x0c\"7\n\tBlobChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*\xcf\x01\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitnn.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=205
-  _globals['_DTYPE']._serialized_end=412
-  _globals['_TENSORCHUNK']._serialized_start=39
-  _globals['_TENSORCHUNK']._serialized_end=145
-  _globals['_BLOBCHUNK']._serialized_start=147
-  _globals['_BLOBCHUNK']._serialized_end=202
+  _globals['_DTYPE']._serialized_start=263
+  _globals['_DTYPE']._serialized_end=470
+  _globals['_TENSORCHUNK']._serialized_start=40
+  _globals['_TENSORCHUNK']._serialized_end=203
+  _globals['_BLOBCHUNK']._serialized_start=205
+  _globals['_BLOBCHUNK']._serialized_end=260
 # @@protoc_insertion_point(module_scope)

@@ -33,18 +33,22 @@ DTYPE_UINT8: Dtype
 DTYPE_BOOL: Dtype
 
 class TensorChunk(_message.Message):
-    __slots__ = ("dtype", "shape", "index", "count", "data")
+    __slots__ = ("dtype", "shape", "index", "count", "data", "widen_to", "row_scales")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    WIDEN_TO_FIELD_NUMBER: _ClassVar[int]
+    ROW_SCALES_FIELD_NUMBER: _ClassVar[int]
     dtype: Dtype
     shape: _containers.RepeatedScalarFieldContainer[int]
     index: int
     count: int
     data: bytes
-    def __init__(self, dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    widen_to: Dtype
+    row_scales: bytes
+    def __init__(self, dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ..., widen_to: _Optional[_Union[Dtype, str]] = ..., row_scales: _Optional[bytes] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("index", "count", "data")

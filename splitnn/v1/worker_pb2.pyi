@@ -29,6 +29,13 @@ class ForwardMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FORWARD_MODE_UNSPECIFIED: _ClassVar[ForwardMode]
     FORWARD_MODE_TRAIN: _ClassVar[ForwardMode]
     FORWARD_MODE_EVAL: _ClassVar[ForwardMode]
+
+class WireFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WIRE_FORMAT_UNSPECIFIED: _ClassVar[WireFormat]
+    WIRE_FORMAT_FLOAT16: _ClassVar[WireFormat]
+    WIRE_FORMAT_BFLOAT16: _ClassVar[WireFormat]
+    WIRE_FORMAT_INT8: _ClassVar[WireFormat]
 LOSS_KIND_UNSPECIFIED: LossKind
 LOSS_KIND_SUM_SQUARED_ERROR: LossKind
 LOSS_KIND_MEAN_SQUARED_ERROR: LossKind
@@ -42,6 +49,10 @@ OPTIMIZER_KIND_ADAMW: OptimizerKind
 FORWARD_MODE_UNSPECIFIED: ForwardMode
 FORWARD_MODE_TRAIN: ForwardMode
 FORWARD_MODE_EVAL: ForwardMode
+WIRE_FORMAT_UNSPECIFIED: WireFormat
+WIRE_FORMAT_FLOAT16: WireFormat
+WIRE_FORMAT_BFLOAT16: WireFormat
+WIRE_FORMAT_INT8: WireFormat
 
 class ArgValue(_message.Message):
     __slots__ = ("int_value", "float_value", "bool_value", "string_value", "ints_value")
@@ -203,7 +214,7 @@ class LossResult(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output", "micro_batch", "chain")
+    __slots__ = ("run_id", "segments", "batch_id", "mode", "input", "data", "loss", "step", "want_output", "micro_batch", "chain", "wire")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +226,7 @@ class ForwardRequest(_message.Message):
     WANT_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
@@ -226,7 +238,8 @@ class ForwardRequest(_message.Message):
     want_output: bool
     micro_batch: int
     chain: _containers.RepeatedCompositeFieldContainer[ChainHop]
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ..., micro_batch: _Optional[int] = ..., chain: _Optional[_Iterable[_Union[ChainHop, _Mapping]]] = ...) -> None: ...
+    wire: WireFormat
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., input: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., step: _Optional[bool] = ..., want_output: _Optional[bool] = ..., micro_batch: _Optional[int] = ..., chain: _Optional[_Iterable[_Union[ChainHop, _Mapping]]] = ..., wire: _Optional[_Union[WireFormat, str]] = ...) -> None: ...
 
 class ChainHop(_message.Message):
     __slots__ = ("host", "segments")
@@ -251,20 +264,22 @@ class ForwardResponse(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., output: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., input_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., loss: _Optional[_Union[LossResult, _Mapping]] = ..., micro_batch: _Optional[int] = ...) -> None: ...
 
 class BackwardRequest(_message.Message):
-    __slots__ = ("run_id", "segments", "batch_id", "output_grad", "step", "micro_batch")
+    __slots__ = ("run_id", "segments", "batch_id", "output_grad", "step", "micro_batch", "wire")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     batch_id: int
     output_grad: _tensor_pb2.TensorChunk
     step: bool
     micro_batch: int
-    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., output_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., step: _Optional[bool] = ..., micro_batch: _Optional[int] = ...) -> None: ...
+    wire: WireFormat
+    def __init__(self, run_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., batch_id: _Optional[int] = ..., output_grad: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., step: _Optional[bool] = ..., micro_batch: _Optional[int] = ..., wire: _Optional[_Union[WireFormat, str]] = ...) -> None: ...
 
 class BackwardResponse(_message.Message):
     __slots__ = ("batch_id", "input_grad", "micro_batch")
@@ -381,7 +396,7 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DriveRequest(_message.Message):
-    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches", "chain")
+    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches", "chain", "wire")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +405,7 @@ class DriveRequest(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     loss: LossKind
@@ -398,7 +414,8 @@ class DriveRequest(_message.Message):
     mode: ForwardMode
     micro_batches: int
     chain: bool
-    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ..., chain: _Optional[bool] = ...) -> None: ...
+    wire: WireFormat
+    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ..., chain: _Optional[bool] = ..., wire: _Optional[_Union[WireFormat, str]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("batch_id", "loss")

@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 
 from splitnn.errors import InvalidArgument, ResourceExhausted
 from splitnn.v1 import tensor_pb2
+from splitnn.wire import compress
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_TENSOR_BYTES = 1 << 30
@@ -71,26 +72,36 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return t.numpy().reshape(-1).view("uint8").data
 
 
-def encode(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list:
-    """Split a tensor into TensorChunk messages of at most `chunk_bytes` of data."""
-    dtype = wire_dtype(tensor.dtype)
-    shape = list(tensor.shape)
-    raw = tensor_bytes(tensor)
+def encode(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, wire: int = 0) -> list:
+    """Split a tensor into TensorChunk messages of at most `chunk_bytes` of data; a float
+    tensor narrowed first for a `wire` format other than 0 (splitnn.wire.compress)."""
+    sent, row_scales = compress.narrow(tensor, wire)
+    widen_to = wire_dtype(tensor.dtype) if sent.dtype != tensor.dtype else 0
+    dtype = wire_dtype(sent.dtype)
+    shape = list(sent.shape)
+    raw = tensor_bytes(sent)
     count = max(1, math.ceil(len(raw) / chunk_bytes))
     if count == 1:
-        return [
+        chunks = [
             tensor_pb2.TensorChunk(dtype=dtype, shape=shape, index=0, count=1, data=raw.tobytes())
         ]
-    return [
-        tensor_pb2.TensorChunk(
-            dtype=dtype,
-            shape=shape,
-            index=i,
-            count=count,
-            data=raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes(),
-        )
-        for i in range(count)
-    ]
+    else:
+        chunks = [
+            tensor_pb2.TensorChunk(
+                dtype=dtype,
+                shape=shape,
+                index=i,
+                count=count,
+                data=raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes(),
+            )
+            for i in range(count)
+        ]
+    if widen_to:
+        for chunk in chunks:
+            chunk.widen_to = widen_to
+        if row_scales is not None:
+            chunks[0].row_scales = row_scales
+    return chunks
 
 
 def expected_nbytes(dtype: torch.dtype, shape, max_bytes: int) -> int:
@@ -117,6 +128,7 @@ class TensorAssembler:
         # dtype, shape, chunk count and byte size of the tensor being assembled
         self._first: tuple[torch.dtype, tuple[int, ...], int, int] | None = None
         self._buffer: bytearray | None = None
+        self._widen: tuple[int, bytes] = (0, b"")  # the first chunk's widen_to, row_scales
         self._filled = 0
         self._next = 0
 
@@ -131,8 +143,11 @@ class TensorAssembler:
             nbytes = expected_nbytes(dtype, chunk.shape, self.max_bytes)
             if chunk.count > max(1, nbytes):
                 raise InvalidArgument(f"{chunk.count} chunks for a {nbytes}-byte tensor")
+            self._widen = (chunk.widen_to, chunk.row_scales)
+            if chunk.widen_to:  # the widened tensor counts against the limit too
+                expected_nbytes(torch_dtype(chunk.widen_to), chunk.shape, self.max_bytes)
             if chunk.count == 1:
-                return _single_chunk(chunk, dtype, nbytes)
+                return self._widened(_single_chunk(chunk, dtype, nbytes))
             self._first = (dtype, tuple(chunk.shape), chunk.count, nbytes)
             self._buffer = bytearray(nbytes)
         else:
@@ -143,6 +158,7 @@ class TensorAssembler:
                 chunk.count != count
                 or tuple(chunk.shape) != shape
                 or chunk.dtype != wire_dtype(dtype)
+                or chunk.widen_to != self._widen[0]
             ):
                 raise InvalidArgument("tensor chunks disagree on dtype, shape or count")
         assert self._first is not None and self._buffer is not None
@@ -160,7 +176,15 @@ class TensorAssembler:
             raise InvalidArgument(f"tensor chunks carry {self._filled} bytes, expected {nbytes}")
         buffer = self._buffer
         self._first, self._buffer, self._filled, self._next = None, None, 0, 0
-        return _from_buffer(buffer, dtype, shape)
+        return self._widened(_from_buffer(buffer, dtype, shape))
+
+    def _widened(self, tensor: torch.Tensor) -> torch.Tensor:
+        widen_to, row_scales = self._widen
+        if not widen_to:
+            if row_scales:
+                raise InvalidArgument("row scales come only with a narrowed tensor")
+            return tensor
+        return compress.widen(tensor, torch_dtype(widen_to), row_scales)
 
 
 def _single_chunk(chunk, dtype: torch.dtype, nbytes: int) -> torch.Tensor:

@@ -139,7 +139,8 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
     field = _REQUEST_TENSOR[op.kind]
     if op.tensor is not None and field is None:
         raise InvalidArgument(f"a {op.kind.value} op carries no tensor")
-    chunks: list = [None] if op.tensor is None else codec.encode(op.tensor, chunk_bytes)
+    wire = getattr(op.head, "wire", 0)  # how this op's tensors travel (Step has none)
+    chunks: list = [None] if op.tensor is None else codec.encode(op.tensor, chunk_bytes, wire)
     messages = []
     for i, chunk in enumerate(chunks):
         message = worker_pb2.ExchangeRequest()
@@ -192,14 +193,14 @@ def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) 
 
 
 def reply_to_proto(
-    kind: OpKind, answer: Answer, chunk_bytes: int, exchange: bool = True
+    kind: OpKind, answer: Answer, chunk_bytes: int, exchange: bool = True, wire: int = 0
 ) -> Iterator:
     """Response messages for an answered op: the head, then the tensor in chunks; with
     `exchange`, each inside an ExchangeResponse under the op's kind. Built in place, so
     the head (which the replay cache may hold) is never modified and the tensor's bytes
-    are copied once."""
+    are copied once. `wire`: the op's WireFormat, which its answer travels in too."""
     head, tensor = answer.head, answer.tensor
-    chunks: list = [None] if tensor is None else codec.encode(tensor, chunk_bytes)
+    chunks: list = [None] if tensor is None else codec.encode(tensor, chunk_bytes, wire)
     for i, chunk in enumerate(chunks):
         message: worker_pb2.ExchangeResponse | ReplyHead
         if exchange:
