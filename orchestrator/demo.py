@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from splitnn.model.warm import warm_up_in_background
 from splitnn.orchestrator.config import load_config
 from splitnn.orchestrator.reference import (
     build_model,
@@ -22,6 +23,7 @@ from splitnn.training.pipeline import Pipeline, plan_stages
 def run_demo(config_path: Path, out_dir: Path, started=None) -> int:
     """Train the seed job split over alice, bob and claire, print as the notebook did;
     `started`: its local workers, if launched already (a LocalStart)."""
+    warm_up_in_background()  # the reference's optimizer, later, needs what this imports
     config = load_config(config_path)
     print(f"splitnn demo: {config.name} job from {config_path}")
     print("  chain: " + " -> ".join(s.host for s in config.segments))

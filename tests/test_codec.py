@@ -190,7 +190,15 @@ def test_decoded_tensor_owns_its_memory(chunk_bytes):
     tensor = torch.arange(24, dtype=torch.float32)
     buffers = [bytearray(c.data) for c in codec.encode(tensor, chunk_bytes)]
     chunks = [
-        SimpleNamespace(dtype=c.dtype, shape=list(c.shape), index=c.index, count=c.count, data=b)
+        SimpleNamespace(
+            dtype=c.dtype,
+            shape=list(c.shape),
+            index=c.index,
+            count=c.count,
+            data=b,
+            widen_to=0,
+            row_scales=b"",
+        )
         for c, b in zip(codec.encode(tensor, chunk_bytes), buffers, strict=True)
     ]
 

@@ -72,35 +72,40 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return t.numpy().reshape(-1).view("uint8").data
 
 
-def encode(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, wire: int = 0) -> list:
-    """Split a tensor into TensorChunk messages of at most `chunk_bytes` of data; a float
-    tensor narrowed first for a `wire` format other than 0 (splitnn.wire.compress)."""
+def chunk_fillers(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, wire: int = 0):
+    """One function per TensorChunk of a tensor, each filling a chunk message in place
+    (one inside an op's message, say: no copy of a built chunk into it), of at most
+    `chunk_bytes` of data; a float tensor narrowed first for a `wire` format other than
+    0 (splitnn.wire.compress)."""
     sent, row_scales = compress.narrow(tensor, wire)
     widen_to = wire_dtype(tensor.dtype) if sent.dtype != tensor.dtype else 0
     dtype = wire_dtype(sent.dtype)
     shape = list(sent.shape)
     raw = tensor_bytes(sent)
     count = max(1, math.ceil(len(raw) / chunk_bytes))
-    if count == 1:
-        chunks = [
-            tensor_pb2.TensorChunk(dtype=dtype, shape=shape, index=0, count=1, data=raw.tobytes())
-        ]
-    else:
-        chunks = [
-            tensor_pb2.TensorChunk(
-                dtype=dtype,
-                shape=shape,
-                index=i,
-                count=count,
-                data=raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes(),
-            )
-            for i in range(count)
-        ]
-    if widen_to:
-        for chunk in chunks:
-            chunk.widen_to = widen_to
-        if row_scales is not None:
-            chunks[0].row_scales = row_scales
+
+    def filler(i: int):
+        def fill(chunk) -> None:
+            chunk.dtype, chunk.index, chunk.count = dtype, i, count
+            chunk.shape.extend(shape)
+            chunk.data = raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes()
+            if widen_to:
+                chunk.widen_to = widen_to
+                if i == 0 and row_scales is not None:
+                    chunk.row_scales = row_scales
+
+        return fill
+
+    return [filler(i) for i in range(count)]
+
+
+def encode(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, wire: int = 0) -> list:
+    """Split a tensor into TensorChunk messages (see chunk_fillers)."""
+    chunks = []
+    for fill in chunk_fillers(tensor, chunk_bytes, wire):
+        chunk = tensor_pb2.TensorChunk()
+        fill(chunk)
+        chunks.append(chunk)
     return chunks
 
 
@@ -127,7 +132,10 @@ class TensorAssembler:
         self.max_bytes = max_bytes
         # dtype, shape, chunk count and byte size of the tensor being assembled
         self._first: tuple[torch.dtype, tuple[int, ...], int, int] | None = None
-        self._buffer: bytearray | None = None
+        # The tensor's bytes as they come in: torch's own (aligned) memory, written
+        # through a memoryview and viewed as the tensor at the end, with no further copy.
+        self._buffer: torch.Tensor | None = None
+        self._view: memoryview | None = None
         self._widen: tuple[int, bytes] = (0, b"")  # the first chunk's widen_to, row_scales
         self._filled = 0
         self._next = 0
@@ -149,7 +157,8 @@ class TensorAssembler:
             if chunk.count == 1:
                 return self._widened(_single_chunk(chunk, dtype, nbytes))
             self._first = (dtype, tuple(chunk.shape), chunk.count, nbytes)
-            self._buffer = bytearray(nbytes)
+            self._buffer = torch.empty(nbytes, dtype=torch.uint8)
+            self._view = memoryview(self._buffer.numpy())
         else:
             dtype, shape, count, nbytes = self._first
             if chunk.index != self._next:
@@ -161,13 +170,13 @@ class TensorAssembler:
                 or chunk.widen_to != self._widen[0]
             ):
                 raise InvalidArgument("tensor chunks disagree on dtype, shape or count")
-        assert self._first is not None and self._buffer is not None
+        assert self._first is not None and self._view is not None
         dtype, shape, count, nbytes = self._first
         data = chunk.data
         end = self._filled + len(data)
         if end > nbytes:
             raise InvalidArgument(f"tensor chunks carry more than the {nbytes} bytes declared")
-        self._buffer[self._filled : end] = data
+        self._view[self._filled : end] = data
         self._filled = end
         self._next = chunk.index + 1
         if self._next < count:
@@ -175,8 +184,9 @@ class TensorAssembler:
         if self._filled != nbytes:
             raise InvalidArgument(f"tensor chunks carry {self._filled} bytes, expected {nbytes}")
         buffer = self._buffer
-        self._first, self._buffer, self._filled, self._next = None, None, 0, 0
-        return self._widened(_from_buffer(buffer, dtype, shape))
+        assert buffer is not None
+        self._first, self._buffer, self._view, self._filled, self._next = None, None, None, 0, 0
+        return self._widened(buffer.view(dtype).reshape(shape))
 
     def _widened(self, tensor: torch.Tensor) -> torch.Tensor:
         widen_to, row_scales = self._widen

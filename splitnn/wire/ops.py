@@ -140,18 +140,18 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
     if op.tensor is not None and field is None:
         raise InvalidArgument(f"a {op.kind.value} op carries no tensor")
     wire = getattr(op.head, "wire", 0)  # how this op's tensors travel (Step has none)
-    chunks: list = [None] if op.tensor is None else codec.encode(op.tensor, chunk_bytes, wire)
     messages = []
-    for i, chunk in enumerate(chunks):
+    if op.tensor is None:
+        message = worker_pb2.ExchangeRequest()
+        getattr(message, op.kind.value).CopyFrom(op.head)
+        return [message]
+    assert field is not None
+    for i, fill in enumerate(codec.chunk_fillers(op.tensor, chunk_bytes, wire)):
         message = worker_pb2.ExchangeRequest()
         part = getattr(message, op.kind.value)
         if i == 0:
             part.CopyFrom(op.head)
-        else:
-            part.SetInParent()
-        if chunk is not None:
-            assert field is not None
-            getattr(part, field).CopyFrom(chunk)
+        fill(getattr(part, field))  # the chunk's bytes go straight into the message
         messages.append(message)
     return messages
 
@@ -200,8 +200,8 @@ def reply_to_proto(
     the head (which the replay cache may hold) is never modified and the tensor's bytes
     are copied once. `wire`: the op's WireFormat, which its answer travels in too."""
     head, tensor = answer.head, answer.tensor
-    chunks: list = [None] if tensor is None else codec.encode(tensor, chunk_bytes, wire)
-    for i, chunk in enumerate(chunks):
+    fillers: list = [None] if tensor is None else codec.chunk_fillers(tensor, chunk_bytes, wire)
+    for i, fill in enumerate(fillers):
         message: worker_pb2.ExchangeResponse | ReplyHead
         if exchange:
             message = worker_pb2.ExchangeResponse()
@@ -212,8 +212,8 @@ def reply_to_proto(
             part.CopyFrom(head)
         else:
             part.batch_id = head.batch_id
-        if chunk is not None:
-            getattr(part, answer.field).CopyFrom(chunk)
+        if fill is not None:
+            fill(getattr(part, answer.field))
         yield message
 
 

@@ -1,0 +1,109 @@
+"""The Exchange data plane against raw TCP on loopback, for large tensors.
+
+    python -m bench.dataplane [--sizes-mib 1,16,64] [--repeats 5]
+
+One worker process holds a parameter-free segment (Identity); a Forward op sends a
+float32 tensor of each size and gets the same size back. Raw TCP does the same
+round trip between two processes with Python sockets (one sendall, one recv loop
+each way). Printed: MB/s of each and their ratio, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from splitnn.model import optim as optim_specs
+from splitnn.orchestrator.config_workers import WorkerConfig
+from splitnn.orchestrator.local_start import LocalStart
+from splitnn.transport.client import WorkerClient
+from splitnn.v1 import worker_pb2
+from splitnn.wire.ops import Op, OpKind
+
+_ECHO = """
+import socket, sys
+srv = socket.create_server(("127.0.0.1", 0)); print(srv.getsockname()[1], flush=True)
+c, _ = srv.accept()
+while True:
+    head = c.recv(8, socket.MSG_WAITALL)
+    if len(head) < 8: break
+    n = int.from_bytes(head, "little"); buf = bytearray(n); view = memoryview(buf); got = 0
+    while got < n: got += c.recv_into(view[got:])
+    c.sendall(head); c.sendall(buf)
+"""
+
+
+def raw_tcp(nbytes: int, repeats: int) -> float:
+    """Seconds of the median round trip of `nbytes` each way through raw TCP."""
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(echo.stdout.readline())
+        sock = socket.create_connection(("127.0.0.1", port))
+        payload = bytes(nbytes)
+        buf = bytearray(nbytes)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sock.sendall(nbytes.to_bytes(8, "little") + payload)
+            sock.recv(8, socket.MSG_WAITALL)
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                got += sock.recv_into(view[got:])
+            times.append(time.perf_counter() - start)
+        sock.close()
+        return statistics.median(times)
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+def exchange(client: WorkerClient, run_id: str, nbytes: int, repeats: int) -> float:
+    """Seconds of the median Forward round trip of a float32 tensor of `nbytes`."""
+    tensor = torch.ones(nbytes // 4 // 1024, 1024)
+    times = []
+    for _ in range(repeats):
+        head = worker_pb2.ForwardRequest(
+            run_id=run_id, segments=[0], batch_id=0, mode=worker_pb2.FORWARD_MODE_EVAL
+        )
+        head.want_output = True
+        start = time.perf_counter()
+        reply = client.call(Op(OpKind.FORWARD, head, tensor))
+        times.append(time.perf_counter() - start)
+        assert reply.tensor.shape == tensor.shape
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__)
+    p.add_argument("--sizes-mib", default="1,16,64")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes_mib.split(",")]
+    workers = {"bob": WorkerConfig("bob", None)}
+    with LocalStart(workers) as started:
+        address = started.addresses()["bob"]
+        factory = started.security.client_factory()
+        client = factory("bob", address)
+        client.wait_ready(30)
+        sgd = optim_specs.normalize({"name": "sgd", "lr": 0.1}, "optimizer")
+        client.load_segment("dataplane", 0, [{"type": "Identity"}], sgd, None)
+        print(f"{'MiB':>5} {'Exchange MB/s':>14} {'raw TCP MB/s':>13} {'ratio':>6}")
+        for mib in sizes:
+            nbytes = mib << 20
+            exchange(client, "dataplane", nbytes, 1)  # warm
+            ours = exchange(client, "dataplane", nbytes, args.repeats)
+            raw = raw_tcp(nbytes, args.repeats)
+            ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (ours, raw))  # both ways
+            print(f"{mib:>5} {ours_rate:>14.0f} {raw_rate:>13.0f} {raw / ours:>6.2f}", flush=True)
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
