@@ -41,6 +41,7 @@ _TRAINING_KEYS = {
     "micro_batches",
     "route",
     "wire",
+    "schedule",
 }
 # Training fields with a fixed set of values; the first is the default.
 _CHOICES = {
@@ -49,6 +50,10 @@ _CHOICES = {
     # four stages or more, for networks with real latency. (`splitnn train --relay`:
     # every hop goes through the orchestrator, whatever this says.)
     "route": ("owner", "chain"),
+    # round_robin: owners train one after another, the perimeter handed over (the
+    # notebook's); splitfed: every owner trains its own copy of the chain at the same
+    # time, the copies averaged at each round's end (orchestrator/splitfed.py).
+    "schedule": ("round_robin", "splitfed"),
     # How activations and gradients travel (splitnn.wire.compress); float32 is exact.
     "wire": ("float32", "float16", "bfloat16", "int8"),
 }
@@ -89,6 +94,7 @@ class Config:
     # Cut each training batch into this many micro-batches (splitnn.training.pipeline).
     micro_batches: int = 1
     route: str = "owner"
+    schedule: str = "round_robin"
     wire: str = "float32"
     raw: dict = field(default_factory=dict)
 

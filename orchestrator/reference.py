@@ -43,6 +43,8 @@ def train_reference(config: Config, threads: int | None = 1) -> tuple[nn.Sequent
     if threads:
         torch.set_num_threads(threads)
     try:
+        if config.schedule == "splitfed":
+            return _train_splitfed(config)
         model = build_model(config)
         optimizer = optim_specs.build_optimizer(model.parameters(), config.optimizer)
         data = {o: owner_dataset(config, o, config.dataset) for o in set(config.owners)}
@@ -64,6 +66,47 @@ def train_reference(config: Config, threads: int | None = 1) -> tuple[nn.Sequent
         return model, history
     finally:
         torch.set_num_threads(previous)
+
+
+def _train_splitfed(config: Config) -> tuple[nn.Sequential, list[dict]]:
+    """SplitFed v1 as orchestrator/splitfed.py states it, one owner after another: each
+    owner's copy of the whole model starts every round from the global weights and keeps
+    its own optimizer; the round's global weights are the copies' mean weighted by rows
+    (integer buffers: the first owner's)."""
+    from splitnn.orchestrator.splitfed import average
+
+    owners = list(dict.fromkeys(config.owners))
+    data = {o: owner_dataset(config, o, config.dataset) for o in owners}
+    global_model = build_model(config)
+    copies = {o: build_model(config) for o in owners}
+    optimizers = {
+        o: optim_specs.build_optimizer(m.parameters(), config.optimizer) for o, m in copies.items()
+    }
+    history = []
+    for r in range(config.rounds):
+        for k, owner in enumerate(owners):
+            model, optimizer, dataset = copies[owner], optimizers[owner], data[owner]
+            model.load_state_dict(global_model.state_dict())
+            for epoch in range(config.epochs):
+                losses = []
+                for rows in schedule.batches(
+                    config.seed,
+                    r * len(owners) + k,
+                    epoch,
+                    dataset.rows,
+                    config.batch_size,
+                    config.shuffle,
+                ):
+                    model.train()
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.append(_accumulate(model, config, dataset, rows))
+                    optimizer.step()
+                history.append(
+                    {"owner": owner, "epoch": epoch + 1, "loss": sum(losses) / len(losses)}
+                )
+        states = [copies[o].state_dict() for o in owners]
+        global_model.load_state_dict(average(states, [data[o].rows for o in owners]))
+    return global_model, history
 
 
 def _accumulate(model: nn.Module, config: Config, dataset: Dataset, rows: list[int]) -> float:

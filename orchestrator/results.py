@@ -56,11 +56,12 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     for ax in (ax_loss, ax_acc):
         for turn in turns[1:]:
             ax.axvline(turn * epochs + 0.5, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("epoch (all turns, in order; dotted lines: handovers)")
+        # SplitFed: a "turn" is a round, every owner training in it at once.
+        ax.set_xlabel("epoch (all turns or rounds, in order; dotted lines: handovers or rounds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log" if _positive([r["loss"] for r in records]) else "linear")
+    ax_loss.set_yscale("log" if _positive([r.get("loss") for r in records]) else "linear")
     ax_acc.set_ylabel("accuracy")
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
@@ -98,7 +99,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
         owner = record["owner"]
         row = rows.setdefault(owner, {"owner": owner})
         row.update(
-            turn=record["turn"], epoch=record["epoch"], step=record["step"], loss=record["loss"]
+            turn=record["turn"], epoch=record["epoch"], step=record["step"], loss=record.get("loss")
         )
         row["accuracy"] = record.get("accuracy")
         if record.get("test_loss") is not None:

@@ -66,7 +66,7 @@ class SegmentPlacement:
             for h, c in sorted(self.clients.items())
         ]
 
-    def _load(self, host: str, seg, state: dict[str, torch.Tensor]) -> None:
+    def _load(self, host: str, seg, state: dict[str, torch.Tensor], replace=False) -> None:
         self.clients[host].load_segment(
             self.run_id,
             seg.index,
@@ -75,13 +75,15 @@ class SegmentPlacement:
             state,
             callers=self.callers,
             peers=self.peers,
+            replace=replace,
         )
         self.location[seg.index] = host
 
-    def load(self, hosts: list[str], states: list[dict[str, torch.Tensor]]) -> None:
-        """Load segment i on hosts[i] with states[i] (weights, optimizer state)."""
+    def load(self, hosts: list[str], states: list[dict[str, torch.Tensor]], replace=False) -> None:
+        """Load segment i on hosts[i] with states[i] (weights, optimizer state); with
+        `replace`, over the segment already there."""
         for seg, host, state in zip(self.config.segments, hosts, states, strict=True):
-            self._load(host, seg, state)
+            self._load(host, seg, state, replace)
 
     def export(self, index: int) -> dict[str, torch.Tensor]:
         """A segment's weights and optimizer state, from the host that holds it."""

@@ -23,6 +23,7 @@ from splitnn.orchestrator.outputs import (
 )
 from splitnn.orchestrator.results import plot_curves, preload_plotting
 from splitnn.orchestrator.segments import SegmentPlacement
+from splitnn.orchestrator.splitfed import SplitFedRounds
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
 from splitnn.transport.client import WorkerClient
@@ -75,6 +76,11 @@ class Trainer:
         self.final_test: dict[str, dict] = {}
         self.train_seconds = 0.0  # time spent training, without setup and handovers
         self.samples = 0
+        self.splitfed = SplitFedRounds(self) if self.config.schedule == "splitfed" else None
+        if self.splitfed is not None and self.relay:
+            raise RunError(
+                'schedule = "splitfed" runs with the owners\' workers driving, not --relay'
+            )
 
     @property
     def location(self) -> dict[int, str]:
@@ -101,7 +107,7 @@ class Trainer:
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", append=resume is not None)
         try:
             if resume is None:
-                self.hosts.load_initial()
+                (self.splitfed or self.hosts).load_initial()
             else:
                 self._restore(resume)
             self._metrics = metrics
@@ -122,10 +128,16 @@ class Trainer:
                 dynamic_ncols=True,
             )
             with bar:
-                for turn in schedule.turns(config.owners, config.rounds):
-                    if turn.index >= self.cursor.turn:
-                        self._train_turn(turn, metrics, bar)
-            states = self.hosts.export_all()
+                if self.splitfed is not None:
+                    self._train_rounds(self.splitfed, metrics, bar)
+                else:
+                    for turn in schedule.turns(config.owners, config.rounds):
+                        if turn.index >= self.cursor.turn:
+                            self._train_turn(turn, metrics, bar)
+            if self.splitfed is not None:
+                states = self.splitfed.global_states
+            else:
+                states = self.hosts.export_all()
             save_model(
                 self.out_dir / "model.safetensors", model_state(states), {"run_id": self.run_id}
             )
@@ -153,11 +165,23 @@ class Trainer:
             self.cleanup()
         return report
 
+    def _train_rounds(self, rounds: SplitFedRounds, metrics, bar) -> None:
+        """SplitFed: the rounds not trained yet, a checkpoint at each round's end."""
+        owners = len(rounds.owners)
+        for r in range(self.config.rounds):
+            if r * owners >= self.cursor.turn:
+                rounds.train_round(r, metrics, bar)
+                if r + 1 < self.config.rounds:
+                    self.checkpoint()
+
     def checkpoint(self) -> Path:
         """Write the run's state to DIR/checkpoint.safetensors (atomically)."""
         for client in self.clients.values():
             client.drain()
-        states = self.hosts.export_all()
+        if self.splitfed is not None:
+            states = self.splitfed.checkpoint_states(self.splitfed.last_optim)
+        else:
+            states = self.hosts.export_all()
         return save_checkpoint(
             self.out_dir,
             Checkpoint(
@@ -177,8 +201,11 @@ class Trainer:
         config = self.config
         if len(resume.segment_states) != len(config.segments):
             raise RunError("the checkpoint does not match this config's segments")
-        hosts = [resume.location[seg.index] for seg in config.segments]
-        self.hosts.load(hosts, resume.segment_states)
+        if self.splitfed is not None:
+            self.splitfed.restore(resume.segment_states)
+        else:
+            hosts = [resume.location[seg.index] for seg in config.segments]
+            self.hosts.load(hosts, resume.segment_states)
         self.cursor = replace(resume.cursor)
         self.final_loss, self.final_test = dict(resume.final_loss), dict(resume.final_test)
         self.samples, self.train_seconds = resume.samples, resume.train_seconds
@@ -339,22 +366,24 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(record)
 
-    def evaluate(self, owner: str, stages, dataset: str | None = None) -> dict:
+    def evaluate(self, owner: str, stages, dataset: str | None = None, run_id=None) -> dict:
         """Loss and accuracy on the owner's test set through the whole chain, keeping
-        no backward state on any worker."""
+        no backward state on any worker; `run_id`: another run's segments (an owner's
+        SplitFed copy)."""
+        run_id = run_id or self.run_id
         dataset = dataset or self.config.test_dataset
         rows = self.rows_of(owner, dataset)
         size = self.config.eval_batch_size
         batches = [list(range(i, min(i + size, rows))) for i in range(0, rows, size)]
         if self.relay:
-            pipeline = Pipeline(self.clients, self.run_id, stages, self.config.loss)
+            pipeline = Pipeline(self.clients, run_id, stages, self.config.loss)
             results = [pipeline.evaluate_batch(0, dataset, b) for b in batches]
         else:
             results = list(
                 drive_batches(
                     self.clients,
                     owner,
-                    self.run_id,
+                    run_id,
                     stages,
                     self.config.loss,
                     dataset,
@@ -401,3 +430,5 @@ class Trainer:
     def cleanup(self) -> None:
         """Drop the run's segments from every worker (best effort)."""
         self.hosts.cleanup()
+        if self.splitfed is not None:
+            self.splitfed.cleanup()

@@ -222,3 +222,53 @@ def toy_reference_state(model: nn.Module, optimizer: dict, steps: int) -> dict[s
         compute_loss("sum_squared_error", model(x), y).backward()
         opt.step()
     return model.state_dict()
+
+
+def splitfed_job(directory: Path, optimizer: dict) -> Path:
+    """SplitFed: 3 owners with unequal row counts, 2 rounds, a middle host (bob) that is
+    also an owner and holds two non-consecutive segments; test sets for the global
+    model's accuracy per round."""
+    owners = ["alice", "bob", "claire"]
+    data = {}
+    for i, (owner, rows) in enumerate(zip(owners, (40, 24, 56), strict=True)):
+        rng = np.random.default_rng(200 + i)
+        for name, n in (("train", rows), ("test", 16)):
+            x = rng.random((n, 12), dtype=np.float32)
+            y = rng.integers(0, 3, size=n).astype(np.int64)
+            np.savez(directory / f"{owner}_{name}.npz", x=x, y=y)
+        data[owner] = directory / f"{owner}_train.npz"
+    path = write_config(
+        directory / f"splitfed_{optimizer['name']}.toml",
+        hosts=owners,
+        data=data,
+        input_shape=[12],
+        training={
+            "owners": owners,
+            "schedule": "splitfed",
+            "rounds": 2,
+            "epochs": 2,
+            "batch_size": 16,
+            "shuffle": True,
+            "loss": "cross_entropy",
+            "dataset": "train",
+            "test_dataset": "test",
+        },
+        optimizer=optimizer,
+        segments=[
+            (
+                "owner",
+                [{"type": "Linear", "in_features": 12, "out_features": 10}, {"type": "Tanh"}],
+            ),
+            ("bob", [{"type": "Linear", "in_features": 10, "out_features": 8}, {"type": "ReLU"}]),
+            ("claire", [{"type": "Linear", "in_features": 8, "out_features": 8}, {"type": "Tanh"}]),
+            ("bob", [{"type": "Linear", "in_features": 8, "out_features": 6}, {"type": "ReLU"}]),
+            ("owner", [{"type": "Linear", "in_features": 6, "out_features": 3}]),
+        ],
+    )
+    text = path.read_text()
+    for owner in owners:  # each owner's test file beside its training file
+        train = f'train = "{directory / f"{owner}_train.npz"}"'
+        test = f'test = "{directory / f"{owner}_test.npz"}"'
+        text = text.replace(train, f"{train}, {test}")
+    path.write_text(text)
+    return path
