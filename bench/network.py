@@ -29,17 +29,21 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--delay-ms", type=float, default=5.0)
     p.add_argument("--mbit", type=float, default=1000.0)
+    p.add_argument("--jobs", default="seed,mnist_mlp_5way", help="comma-separated job names")
     args = p.parse_args(argv)
     link = (args.delay_ms, args.mbit)
     rtt = 2 * args.delay_ms
     print(f"link: {args.delay_ms} ms each way, {args.mbit:g} Mbit/s (round trip {rtt:g} ms)")
     print(f"{'job':<16} {'setting':<18} {'ms/step':>8} {'round trips':>12} {'samples/s':>10}")
-    for job in (seed_job(), mnist_mlp_5way_job()):
+    jobs = [job for job in (seed_job(), mnist_mlp_5way_job()) if job.name in args.jobs.split(",")]
+    for job in jobs:
         for name, fields in SETTINGS.items():
             # Two lengths: the slope is the step, without start-up and the last flush.
+            per_epoch = -(-job.data()[0].shape[0] // job.batch_size)
+            short_steps = max(args.steps // 4, per_epoch)  # whole epochs, so the runs differ
             runs = [
                 run_split(dataclasses.replace(job, **fields), n, warmup=20, link=link)
-                for n in (args.steps // 4, args.steps)
+                for n in (short_steps, 4 * short_steps)
             ]
             short, long = runs
             step_ms = 1000 * (long["seconds"] - short["seconds"]) / (long["steps"] - short["steps"])

@@ -89,6 +89,21 @@ def test_compose_seed_trains_across_namespaces(cluster):
     assert [m["owner"] for m in metrics[:: config.epochs]] == list(config.owners)
 
 
+def test_compose_splitfed_trains_across_namespaces(cluster):
+    c = cluster({"SPLITNN_CONFIG": "examples/splitfed_compose.toml"})
+    orchestrator = c.start("orchestrator")
+    try:
+        rc = orchestrator.popen.wait(timeout=80)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"orchestrator still running after 80s:\n{orchestrator.output()}")
+    assert rc == 0, orchestrator.output()
+    config = load_config(_config_path(c))
+    assert config.schedule == "splitfed"
+    reference, _ = train_reference(config)
+    trained = load_model_file(c.mounts["orchestrator"]["/results"] / "model.safetensors")
+    assert max_weight_difference(trained, reference.state_dict()) <= 1e-5
+
+
 def test_cut_link_fails_clearly(cluster, tmp_path):
     """bob's cable is pulled while alice trains (bob holds a middle segment)."""
     seed = (ROOT / "examples" / "compose_seed.toml").read_text()

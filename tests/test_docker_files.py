@@ -190,7 +190,9 @@ def test_compose_validates_with_docker_compose():
     assert result.stderr.strip() == "", result.stderr  # no warnings either
 
 
-@pytest.mark.parametrize("name", ["compose_seed.toml", "fashion_mnist_cnn_compose.toml"])
+@pytest.mark.parametrize(
+    "name", ["compose_seed.toml", "fashion_mnist_cnn_compose.toml", "splitfed_compose.toml"]
+)
 def test_compose_configs_address_the_services(name):
     path = ROOT / "examples" / name
     if not path.exists():

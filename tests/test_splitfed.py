@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +18,7 @@ from splitnn.orchestrator.reference import max_weight_difference, train_referenc
 from splitnn.orchestrator.splitfed import average
 from tests import jobs
 from tests.test_equivalence import run_cli
+from tests.test_micro_batches import with_training
 
 OPTIMIZERS = {
     "sgd": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
@@ -68,3 +70,34 @@ def test_splitfed_resumed_after_the_first_round_gives_the_same_weights(tmp_path)
     # The same records; owners log at once, so their order within a round may differ.
     lines = [sorted((d / "metrics.jsonl").read_text().splitlines()) for d in (part, whole)]
     assert lines[0] == lines[1]
+
+
+@pytest.mark.slow
+def test_an_owner_failing_mid_round_ends_the_run_naming_it(tmp_path):
+    config = jobs.splitfed_job(tmp_path, OPTIMIZERS["sgd"])
+    x = np.random.default_rng(0).random((56, 12), dtype=np.float32)
+    np.savez(tmp_path / "claire_train.npz", x=x, y=np.full(56, 7, dtype=np.int64))  # 3 classes
+    out = tmp_path / "out"
+    result = run_cli("train", str(config), "--out", str(out), "--local")
+    assert result.returncode == 2
+    assert "owner claire, round 1, epoch 1, step 1" in result.stderr
+    assert "--resume" in result.stderr and (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_splitfed_through_the_chain_with_mutual_tls_equals_the_simulation(tmp_path):
+    # Every worker-to-worker call under mTLS: the owners' drives, and the chained
+    # forwards (alice's chain has five stages: alice, bob, claire, bob, alice).
+    pki = tmp_path / "pki"
+    for argv in (["init"], *(["issue", n] for n in ("alice", "bob", "claire", "orchestrator"))):
+        done = run_cli("certs", *argv, "--dir", str(pki))
+        assert done.returncode == 0, done.stderr
+    config = with_training(
+        jobs.splitfed_job(tmp_path, OPTIMIZERS["sgd"]), tmp_path, route='"chain"'
+    )
+    out = tmp_path / "out"
+    result = run_cli("train", str(config), "--out", str(out), "--local", "--tls-dir", str(pki))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference, _ = train_reference(load_config(config))
+    split = load_file(str(out / "model.safetensors"))
+    assert max_weight_difference(split, reference.state_dict()) <= 1e-5
