@@ -80,20 +80,28 @@ def run_split(
     connections, which the timed run reuses, and warms torch in every process.
     `link` (one-way delay in ms, Mbit/s): every connection to a worker, from the
     orchestrator or another worker, goes through a proxy modelling that link."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as tmp:
         config = job_config(job, steps, Path(tmp))
+        warm = job_config(job, warmup, Path(tmp)) if warmup else None
+        return train_config(config, Path(tmp), relay=relay, warm=warm, link=link)
+
+
+def train_config(config, tmp: Path, relay: bool = False, warm=None, link=None) -> dict:
+    """Train a config on local workers (behind link proxies if `link`), after an
+    untimed run of `warm` on the same workers; samples/s over the training itself."""
+    with contextlib.ExitStack() as stack:
         connect = {"local": True}
         if link is not None:
             started = stack.enter_context(LocalStart(config.workers))
             proxied = stack.enter_context(proxies(started.addresses(), *link))
-            for host, address in proxied.items():
-                config.workers[host].address = address
+            for config_ in (config, warm):
+                for host, address in proxied.items() if config_ is not None else ():
+                    config_.workers[host].address = address
             connect = {"local": False, "security": started.security}
         with connected_workers(config, **connect) as clients:
-            if warmup:
-                warm = job_config(job, warmup, Path(tmp))
-                Trainer(warm, clients, Path(tmp) / "warmup", show_progress=False, relay=relay).run()
-            trainer = Trainer(config, clients, Path(tmp) / "out", show_progress=False, relay=relay)
+            if warm is not None:
+                Trainer(warm, clients, tmp / "warmup", show_progress=False, relay=relay).run()
+            trainer = Trainer(config, clients, tmp / "out", show_progress=False, relay=relay)
             report = trainer.run()
     return {
         "samples_per_s": report["samples_per_s"],

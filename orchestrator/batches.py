@@ -33,6 +33,7 @@ def drive_batches(
     micro_batches: int = 1,
     chain: bool = False,
     wire: int = 0,
+    quiet: bool = False,
 ):
     """Have the owner's worker train (or evaluate) batches; yields LossResults.
 
@@ -47,6 +48,7 @@ def drive_batches(
         micro_batches=micro_batches,
         chain=chain,
         wire=wire,
+        quiet=quiet,
     )
     for stage in stages:
         client = clients[stage.host]

@@ -192,6 +192,7 @@ class SplitFedRounds:
                     micro_batches=config.micro_batches,
                     chain=config.route == "chain",
                     wire=wire_format(config.wire),
+                    quiet=True,  # the owners drive at once: no busy polling
                 ):
                     step += 1
                     loss_sum, correct, count = (

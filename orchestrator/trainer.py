@@ -24,6 +24,7 @@ from splitnn.orchestrator.outputs import (
 from splitnn.orchestrator.results import plot_curves, preload_plotting
 from splitnn.orchestrator.segments import SegmentPlacement
 from splitnn.orchestrator.splitfed import SplitFedRounds
+from splitnn.orchestrator.test_sets import evaluate_chain
 from splitnn.training import schedule
 from splitnn.training.pipeline import Pipeline, plan_stages
 from splitnn.transport.client import WorkerClient
@@ -38,18 +39,6 @@ def _truncate_lines(path: Path, keep: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)[:keep]
         path.write_text("".join(lines))
-
-
-def summarize_eval(loss: str, results) -> dict:
-    """Dataset-level test loss and accuracy from per-batch results: summed losses add
-    up, mean losses are weighted by batch rows."""
-    rows = sum(r.count for r in results)
-    if loss == "sum_squared_error":
-        total = sum(r.loss for r in results)
-    else:
-        total = sum(r.loss * r.count for r in results) / rows if rows else 0.0
-    correct = sum(r.correct for r in results)
-    return {"test_loss": total, "test_accuracy": correct / rows if rows else None}
 
 
 @dataclass
@@ -370,29 +359,17 @@ class Trainer:
         """Loss and accuracy on the owner's test set through the whole chain, keeping
         no backward state on any worker; `run_id`: another run's segments (an owner's
         SplitFed copy)."""
-        run_id = run_id or self.run_id
         dataset = dataset or self.config.test_dataset
-        rows = self.rows_of(owner, dataset)
-        size = self.config.eval_batch_size
-        batches = [list(range(i, min(i + size, rows))) for i in range(0, rows, size)]
-        if self.relay:
-            pipeline = Pipeline(self.clients, run_id, stages, self.config.loss)
-            results = [pipeline.evaluate_batch(0, dataset, b) for b in batches]
-        else:
-            results = list(
-                drive_batches(
-                    self.clients,
-                    owner,
-                    run_id,
-                    stages,
-                    self.config.loss,
-                    dataset,
-                    0,
-                    batches,
-                    evaluate=True,
-                )
-            )
-        return summarize_eval(self.config.loss, results)
+        return evaluate_chain(
+            self.clients,
+            owner,
+            run_id or self.run_id,
+            stages,
+            self.config,
+            dataset,
+            self.rows_of(owner, dataset),
+            self.relay,
+        )
 
     def _report(self, wall_time: float) -> dict:
         return {

@@ -62,6 +62,7 @@ class Driver:
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._quiet: busy_poll.Quiet | None = None  # quiet Drives stop the loop's spinning
         # One Drive per chain at a time, a chain being a run's segments as the Drive
         # names them: a Drive retried after a lost connection waits for the one it
         # replaces to stop (between batches) instead of racing it, while Drives of one
@@ -164,7 +165,13 @@ class Driver:
         the error), go to `results`; a response gathers the results of a quarter of a
         second, so the thread streaming them back wakes a few times a second."""
         async with self._chain_lock(_chain_key(request)):
-            await self._run_alone(request, loss_name, results, stop)
+            if not request.quiet:
+                await self._run_alone(request, loss_name, results, stop)
+                return
+            if self._quiet is None:
+                self._quiet = busy_poll.Quiet(asyncio.get_running_loop())
+            with self._quiet:
+                await self._run_alone(request, loss_name, results, stop)
 
     def _chain_lock(self, chain: tuple) -> asyncio.Lock:
         lock = self._chain_locks.get(chain)

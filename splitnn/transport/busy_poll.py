@@ -44,6 +44,28 @@ class SpinningSelector(selectors.DefaultSelector):
         return super().select(timeout)
 
 
+class Quiet:
+    """Counts the reasons to stop spinning on a loop's SpinningSelector (several at a
+    time); spinning resumes when the last one ends. Used on the loop's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        selector = getattr(loop, "_selector", None)
+        self.selector = selector if isinstance(selector, SpinningSelector) else None
+        self.spin_seconds = self.selector.spin_seconds if self.selector else 0.0
+        self.holders = 0
+
+    def __enter__(self) -> Quiet:
+        self.holders += 1
+        if self.selector is not None:
+            self.selector.spin_seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.holders -= 1
+        if self.selector is not None and self.holders == 0:
+            self.selector.spin_seconds = self.spin_seconds
+
+
 def new_event_loop(spin_seconds: float = DEFAULT_SPIN_SECONDS) -> asyncio.AbstractEventLoop:
     """An event loop that spins before sleeping; a plain one when `spin_seconds` is 0."""
     if spin_seconds < 0:

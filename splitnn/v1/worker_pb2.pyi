@@ -396,7 +396,7 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DriveRequest(_message.Message):
-    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches", "chain", "wire")
+    __slots__ = ("run_id", "stages", "loss", "dataset", "batches", "mode", "micro_batches", "chain", "wire", "quiet")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +406,7 @@ class DriveRequest(_message.Message):
     MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     WIRE_FIELD_NUMBER: _ClassVar[int]
+    QUIET_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     loss: LossKind
@@ -415,7 +416,8 @@ class DriveRequest(_message.Message):
     micro_batches: int
     chain: bool
     wire: WireFormat
-    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ..., chain: _Optional[bool] = ..., wire: _Optional[_Union[WireFormat, str]] = ...) -> None: ...
+    quiet: bool
+    def __init__(self, run_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., loss: _Optional[_Union[LossKind, str]] = ..., dataset: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., mode: _Optional[_Union[ForwardMode, str]] = ..., micro_batches: _Optional[int] = ..., chain: _Optional[bool] = ..., wire: _Optional[_Union[WireFormat, str]] = ..., quiet: _Optional[bool] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("batch_id", "loss")
