@@ -50,6 +50,7 @@ class Checkpoint:
     samples: int = 0
     train_seconds: float = 0.0
     metrics_lines: int = 0
+    extra: dict = field(default_factory=dict)  # a schedule's own progress (SplitFed's)
 
 
 def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> Path:
@@ -68,6 +69,7 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> Path:
         "samples": checkpoint.samples,
         "train_seconds": checkpoint.train_seconds,
         "metrics_lines": checkpoint.metrics_lines,
+        "extra": checkpoint.extra,
     }
     path = Path(out_dir) / CHECKPOINT_NAME
     write_atomic(path, save(tensors, metadata={"progress": json.dumps(progress)}))
@@ -99,6 +101,7 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
             samples=progress["samples"],
             train_seconds=progress["train_seconds"],
             metrics_lines=progress["metrics_lines"],
+            extra=progress.get("extra", {}),
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError, SafetensorError) as err:
         raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from None

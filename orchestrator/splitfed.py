@@ -14,8 +14,10 @@ at the same time; the copies are averaged at the end of each round.
   every floating-point parameter and buffer; an integer buffer (batch norm's
   num_batches_tracked) takes the first owner's value. Only weights move; no
   owner's rows or labels do.
-- Checkpoints are written at each round's end (global weights and every owner's
-  optimizer state); --resume continues with the next round.
+- Checkpoints: at each round's end, and with checkpoint_every = N within a round
+  too: the owners then train in phases of N steps each (all of them, then a
+  checkpoint of every copy, then the next N), so that a checkpoint is one
+  consistent point of every copy. --resume goes on from the last one.
 """
 
 from __future__ import annotations
@@ -49,11 +51,6 @@ def average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict:
     return out
 
 
-def _split(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    model = {k: v for k, v in state.items() if k.startswith("model.")}
-    return model, {k: v for k, v in state.items() if k.startswith("optim.")}
-
-
 class SplitFedRounds:
     """The rounds of one SplitFed run, on the trainer's workers and outputs."""
 
@@ -67,45 +64,47 @@ class SplitFedRounds:
             for k, owner in enumerate(self.owners)
         }
         self.global_states: list[dict] = []
-        self.last_optim: dict = {}  # every owner's optimizer state at the last round's end
+        # Where the round in progress stands: the steps of every copy trained in it
+        # (0 at a round's start), and each owner's sums over its epoch so far (loss,
+        # correct, count, batches). Checkpointed.
+        self.done = 0
+        self.sums = {owner: [0.0, 0, 0, 0] for owner in self.owners}
         self._lock = threading.Lock()
 
     # ---- loading and saving ----------------------------------------------------
 
     def load_initial(self) -> None:
-        self._load_all(initial_states(self.config), optim={}, replace=False)
+        self.global_states = initial_states(self.config)
+        for owner in self.owners:
+            self._load(owner, self.global_states, replace=False)
 
-    def _load_all(self, global_states: list[dict], optim: dict, replace: bool) -> None:
-        """Every owner's copy with the global weights and its own optimizer state."""
-        self.global_states = global_states
-        for owner, copy in self.copies.items():
-            own = optim.get(owner, [{} for _ in global_states])
-            states = [{**g, **o} for g, o in zip(global_states, own, strict=True)]
-            hosts = self.config.placement(owner)
-            copy.load([hosts[s.index] for s in self.config.segments], states, replace=replace)
+    def _load(self, owner: str, states: list[dict], replace: bool) -> None:
+        hosts = self.config.placement(owner)
+        self.copies[owner].load([hosts[s.index] for s in self.config.segments], states, replace)
 
-    def checkpoint_states(self, optim: dict) -> list[dict]:
-        """Per segment: the global weights, and each owner k's optimizer state under
-        "copies.<k>.optim..."."""
-        out = []
-        for i, state in enumerate(self.global_states):
-            merged = dict(state)
-            for k, owner in enumerate(self.owners):
-                merged.update({f"copies.{k}.{key}": v for key, v in optim[owner][i].items()})
-            out.append(merged)
-        return out
+    def checkpoint_states(self) -> tuple[list[dict], dict]:
+        """Per segment, every owner k's copy (weights and optimizer state) under
+        "copies.<k>."; and the progress within the round, for the checkpoint."""
+        states: list[dict] = [{} for _ in self.config.segments]
+        for k, owner in enumerate(self.owners):
+            for i, state in enumerate(self.copies[owner].export_all()):
+                states[i].update({f"copies.{k}.{key}": v for key, v in state.items()})
+        return states, {"splitfed": {"done": self.done, "sums": self.sums}}
 
-    def restore(self, states: list[dict]) -> None:
+    def restore(self, states: list[dict], extra: dict) -> None:
         """Load every copy from checkpointed states (see checkpoint_states)."""
-        global_states = [{k: v for k, v in s.items() if k.startswith("model.")} for s in states]
-        optim = {}
         for k, owner in enumerate(self.owners):
             prefix = f"copies.{k}."
-            optim[owner] = [
+            own = [
                 {key[len(prefix) :]: v for key, v in s.items() if key.startswith(prefix)}
                 for s in states
             ]
-        self._load_all(global_states, optim, replace=False)
+            if not all(own):
+                raise RunError(f"the checkpoint holds no copy for owner {owner}")
+            self._load(owner, own, replace=False)
+        progress = extra.get("splitfed", {})
+        self.done = progress.get("done", 0)
+        self.sums.update(progress.get("sums", {}))
 
     def cleanup(self) -> None:
         for copy in self.copies.values():
@@ -113,16 +112,68 @@ class SplitFedRounds:
 
     # ---- one round -------------------------------------------------------------
 
+    def _round_batches(self, k: int, owner: str, r: int) -> list[tuple[int, int, int, list]]:
+        """The owner's batches of round r as (epoch, batch, batches in epoch, rows)."""
+        config = self.config
+        rows = self.trainer.rows_of(owner, config.dataset)
+        out = []
+        for epoch in range(config.epochs):
+            batches = schedule.batches(
+                config.seed,
+                r * len(self.owners) + k,
+                epoch,
+                rows,
+                config.batch_size,
+                config.shuffle,
+            )
+            out += [(epoch, b, len(batches), batch) for b, batch in enumerate(batches)]
+        return out
+
     def train_round(self, r: int, metrics, bar) -> None:
-        """Every owner's copy for `epochs` epochs at once, then the average."""
+        """Every owner's copy for `epochs` epochs at once, in phases of checkpoint_every
+        steps (one phase without it), then the average."""
         trainer, config = self.trainer, self.config
+        plans = {o: self._round_batches(k, o, r) for k, o in enumerate(self.owners)}
+        longest = max(len(p) for p in plans.values())
+        size = config.checkpoint_every or longest
+        while self.done < longest:
+            start = self.done
+            self._phase(r, plans, start, start + size, metrics, bar)
+            self.done = start + size
+            if self.done < longest:
+                trainer.checkpoint()
+        self.done = 0
+        exported = {owner: copy.export_all() for owner, copy in self.copies.items()}
+        rows = [trainer.rows_of(o, config.dataset) for o in self.owners]
+        self.global_states = [
+            average(
+                [
+                    {k: v for k, v in exported[o][i].items() if k.startswith("model.")}
+                    for o in self.owners
+                ],
+                rows,
+            )
+            for i in range(len(config.segments))
+        ]
+        for owner in self.owners:  # the global weights, each with its own optimizer state
+            own = [
+                {**g, **{k: v for k, v in s.items() if k.startswith("optim.")}}
+                for g, s in zip(self.global_states, exported[owner], strict=True)
+            ]
+            self._load(owner, own, replace=True)
+        trainer.cursor.turn = (r + 1) * len(self.owners)
+        if config.test_dataset:
+            self._evaluate_global(r, metrics)
+
+    def _phase(self, r, plans, start, end, metrics, bar) -> None:
+        trainer = self.trainer
         stop = threading.Event()
         failures: list[tuple[str, int, int, BaseException]] = []
-        started = time.perf_counter()
+        began = time.perf_counter()
         threads = [
             threading.Thread(
                 target=self._owner_thread,
-                args=(k, owner, r, metrics, bar, stop, failures),
+                args=(k, owner, r, plans[owner], start, end, metrics, bar, stop, failures),
                 name=f"splitfed-{owner}",
                 daemon=True,
             )
@@ -132,95 +183,77 @@ class SplitFedRounds:
             thread.start()
         for thread in threads:
             thread.join()
-        trainer.train_seconds += time.perf_counter() - started
-        for owner in self.owners:  # the run's step count moves at the round's end
-            rows = trainer.rows_of(owner, config.dataset)
-            trainer.cursor.step += schedule.batch_count(rows, config.batch_size) * config.epochs
+        trainer.train_seconds += time.perf_counter() - began
+        trainer.cursor.step += sum(len(p[start:end]) for p in plans.values())
         if failures:
             owner, epoch, step, err = failures[0]
             if isinstance(err, WorkerError):
                 raise RunError(
                     f"{err} (splitfed: owner {owner}, round {r + 1}, epoch {epoch + 1}, "
                     f"step {step} of its copy); outputs so far are in {trainer.out_dir}/; "
-                    f"`splitnn train --resume {trainer.out_dir}` goes on from the start of "
-                    f"round {r + 1} (the last round's checkpoint)"
+                    f"`splitnn train --resume {trainer.out_dir}` goes on from the last "
+                    "checkpoint (the start of this round, or its last checkpoint_every step)"
                 ) from None
             raise err
-        exported = {owner: copy.export_all() for owner, copy in self.copies.items()}
-        models = {o: [_split(s)[0] for s in states] for o, states in exported.items()}
-        optim = {o: [_split(s)[1] for s in states] for o, states in exported.items()}
-        rows = [trainer.rows_of(o, config.dataset) for o in self.owners]
-        global_states = [
-            average([models[o][i] for o in self.owners], rows) for i in range(len(config.segments))
-        ]
-        self._load_all(global_states, optim, replace=True)
-        trainer.cursor.turn = (r + 1) * len(self.owners)
-        if config.test_dataset:
-            self._evaluate_global(r, metrics)
-        self.last_optim = optim
 
-    def _owner_thread(self, k, owner, r, metrics, bar, stop, failures) -> None:
-        config, trainer = self.config, self.trainer
-        copy = self.copies[owner]
+    def _owner_thread(self, k, owner, r, plan, start, end, metrics, bar, stop, failures) -> None:
+        config = self.config
         stages = plan_stages(config.placement(owner))
-        rows = trainer.rows_of(owner, config.dataset)
-        per_round = schedule.batch_count(rows, config.batch_size) * config.epochs
-        step = r * per_round  # this copy's steps so far: batch ids stay unique per run
-        epoch = 0
+        base = r * len(plan) + start  # this copy's steps so far: batch ids stay unique
+        todo = plan[start:end]
+        epoch, done = (todo[0][0] if todo else 0), 0
         try:
-            for epoch in range(config.epochs):
-                if stop.is_set():
-                    return
-                batches = schedule.batches(
-                    config.seed,
-                    r * len(self.owners) + k,
-                    epoch,
-                    rows,
-                    config.batch_size,
-                    config.shuffle,
-                )
-                loss_sum = correct = count = 0
-                for result in drive_batches(
-                    trainer.clients,
+            # One Drive per epoch (or the part of it in this phase).
+            while done < len(todo) and not stop.is_set():
+                epoch = todo[done][0]
+                part = [item for item in todo[done:] if item[0] == epoch]
+                results = drive_batches(
+                    self.trainer.clients,
                     owner,
-                    copy.run_id,
+                    self.copies[owner].run_id,
                     stages,
                     config.loss,
                     config.dataset,
-                    step + 1,
-                    batches,
+                    base + done + 1,
+                    [item[3] for item in part],
                     micro_batches=config.micro_batches,
                     chain=config.route == "chain",
                     wire=wire_format(config.wire),
                     quiet=True,  # the owners drive at once: no busy polling
-                ):
-                    step += 1
-                    loss_sum, correct, count = (
-                        loss_sum + result.loss,
-                        correct + result.correct,
-                        count + result.count,
-                    )
+                )
+                for (epoch, batch, n_batches, _), result in zip(part, results, strict=True):
+                    done += 1
                     bar.update(1)
-                loss = loss_sum / len(batches)
-                self._end_epoch(owner, r, epoch, step, loss, correct, count, metrics)
+                    self._add(owner, r, epoch, batch, n_batches, base + done, result, metrics)
         except BaseException as err:  # the run stops; the first failure is reported
             with self._lock:
-                failures.append((owner, epoch, step + 1, err))
+                failures.append((owner, epoch, base + done + 1, err))
             stop.set()
 
-    def _end_epoch(self, owner, r, epoch, step, loss, correct, count, metrics) -> None:
+    def _add(self, owner, r, epoch, batch, n_batches, step, result, metrics) -> None:
+        """One batch's result into the owner's epoch sums; the epoch's record at its end."""
         config, trainer = self.config, self.trainer
-        record = {
-            "owner": owner,
-            "round": r,
-            "turn": r,
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": loss,
-            "accuracy": correct / count if count else None,
-        }
         with self._lock:
-            trainer.samples += count
+            sums = self.sums[owner]
+            if batch == 0:
+                sums[:] = [0.0, 0, 0, 0]
+            sums[0] += result.loss
+            sums[1] += result.correct
+            sums[2] += result.count
+            sums[3] += 1
+            trainer.samples += result.count
+            if batch < n_batches - 1:
+                return
+            loss = sums[0] / sums[3]
+            record = {
+                "owner": owner,
+                "round": r,
+                "turn": r,
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss,
+                "accuracy": sums[1] / sums[2] if sums[2] else None,
+            }
             trainer.final_loss[owner] = loss
             if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
                 metrics.write(record)

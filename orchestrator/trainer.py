@@ -167,8 +167,9 @@ class Trainer:
         """Write the run's state to DIR/checkpoint.safetensors (atomically)."""
         for client in self.clients.values():
             client.drain()
+        extra: dict = {}
         if self.splitfed is not None:
-            states = self.splitfed.checkpoint_states(self.splitfed.last_optim)
+            states, extra = self.splitfed.checkpoint_states()
         else:
             states = self.hosts.export_all()
         return save_checkpoint(
@@ -183,6 +184,7 @@ class Trainer:
                 samples=self.samples,
                 train_seconds=self.train_seconds,
                 metrics_lines=self._metrics.lines if self._metrics else 0,
+                extra=extra,
             ),
         )
 
@@ -191,7 +193,7 @@ class Trainer:
         if len(resume.segment_states) != len(config.segments):
             raise RunError("the checkpoint does not match this config's segments")
         if self.splitfed is not None:
-            self.splitfed.restore(resume.segment_states)
+            self.splitfed.restore(resume.segment_states, resume.extra)
         else:
             hosts = [resume.location[seg.index] for seg in config.segments]
             self.hosts.load(hosts, resume.segment_states)

@@ -51,17 +51,22 @@ def test_splitfed_equals_its_single_process_simulation(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_splitfed_resumed_after_the_first_round_gives_the_same_weights(tmp_path):
-    # The run's checkpoint is the one written at the end of round 1 (the last round
-    # ends with the model instead): resuming a copy of the run directory trains round
-    # 2 again, from the global weights and every owner's optimizer state of round 1.
+@pytest.mark.parametrize("every", [0, 4], ids=["round-end", "mid-round"])
+def test_splitfed_resumed_from_its_checkpoint_gives_the_same_weights(tmp_path, every):
+    # The run's last checkpoint: the end of round 1 (every = 0), or 4 steps of every
+    # copy before round 2 ends (every = 4: bob's copy has 4 steps a round, alice's 6,
+    # claire's 8). Resuming a copy of the run directory from it trains the rest again.
     config = jobs.splitfed_job(tmp_path, OPTIMIZERS["adam"])
     whole = tmp_path / "whole"
-    assert run_cli("train", str(config), "--out", str(whole), "--local").returncode == 0
+    flags = ["--checkpoint-every", str(every)]
+    done = run_cli("train", str(config), "--out", str(whole), "--local", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
     part = tmp_path / "part"
     shutil.copytree(whole, part)
     (part / "model.safetensors").unlink()
-    assert load_checkpoint(part).cursor.turn == 3  # round 2 starts at turn 3
+    checkpoint = load_checkpoint(part)
+    assert checkpoint.cursor.turn == 3  # in round 2, which starts at turn 3
+    assert checkpoint.extra["splitfed"]["done"] == (0 if every == 0 else 4)
     resumed = run_cli("train", "--resume", str(part), "--local")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = load_file(str(whole / "model.safetensors"))
