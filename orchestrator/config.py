@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -158,7 +158,7 @@ def parse_config(raw: dict, path: Path) -> Config:
         "checkpoint_every": 0,
         "micro_batches": 1,
     }
-    values = {}
+    values: dict[str, Any] = {}
     for key, default in ints.items():
         value = training.get(key, default)
         at_least_one = ("rounds", "epochs", "log_every", "eval_batch_size", "micro_batches")

@@ -11,6 +11,7 @@ from collections import deque
 from splitnn.services import ops
 from splitnn.services.segment_host import SegmentHost
 from splitnn.transport.stream import OrderedStream
+from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Op, Reply
 
 
@@ -30,6 +31,7 @@ class LocalClient(OrderedStream):
     def expect(self, op: Op) -> None:
         """Arm one of this host's own forwards, to run when the chain brings its input
         (splitnn.services.expectations)."""
+        assert isinstance(op.head, worker_pb2.ForwardRequest)
         self.host.expected.arm(op.head)
 
     def receive(self) -> Reply:

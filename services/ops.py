@@ -155,7 +155,7 @@ def apply(host: SegmentHost, op: Op, replay: bool = True, chain=None) -> Answer:
 
 
 def _apply_once(host: SegmentHost, op: Op, chain) -> Answer:
-    if op.kind is OpKind.FORWARD and op.head.chain:
+    if isinstance(op.head, worker_pb2.ForwardRequest) and op.head.chain:
         if chain is None:
             raise FailedPrecondition("this path does not forward along a chain")
         return chain.apply(op)

@@ -17,7 +17,7 @@ import enum
 import inspect
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from splitnn.model.losses import loss_kind, micro_batch_scale, split_rows
 from splitnn.transport.stream import AsyncOpStream, OpStream
@@ -104,7 +104,8 @@ class Pipeline:
         self.loss = loss
         self.loss_kind = loss_kind(loss)
         self.micro_batches = max(1, micro_batches)
-        self.wire = wire  # WireFormat of every Forward and Backward (training.wire)
+        # WireFormat of every Forward and Backward (training.wire)
+        self.wire = cast(worker_pb2.WireFormat, wire)
         # Chain forwarding (whole training batches, a driver holding both ends of a
         # chain of three stages or more): see splitnn.services.chain_forward.
         self.chain = chain and len(stages) >= 3 and stages[0].host == stages[-1].host

@@ -158,7 +158,7 @@ class TensorAssembler:
                 return self._widened(_single_chunk(chunk, dtype, nbytes))
             self._first = (dtype, tuple(chunk.shape), chunk.count, nbytes)
             self._buffer = torch.empty(nbytes, dtype=torch.uint8)
-            self._view = memoryview(self._buffer.numpy())
+            self._view = self._buffer.numpy().data
         else:
             dtype, shape, count, nbytes = self._first
             if chunk.index != self._next:

@@ -22,7 +22,7 @@ WIRE_FORMATS = {
     "bfloat16": worker_pb2.WIRE_FORMAT_BFLOAT16,
     "int8": worker_pb2.WIRE_FORMAT_INT8,
 }
-_NARROW = {
+_NARROW: dict[int, torch.dtype] = {
     worker_pb2.WIRE_FORMAT_FLOAT16: torch.float16,
     worker_pb2.WIRE_FORMAT_BFLOAT16: torch.bfloat16,
     worker_pb2.WIRE_FORMAT_INT8: torch.int8,
