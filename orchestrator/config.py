@@ -96,6 +96,9 @@ class Config:
     route: str = "owner"
     schedule: str = "round_robin"
     wire: str = "float32"
+    # Start weights per segment ("model.<layer>.<param>"), when not built from `seed`:
+    # the Python API's segments as the caller built them (never from a TOML file).
+    initial: list | None = None
     raw: dict = field(default_factory=dict)
 
     def placement(self, owner: str) -> list[str]:

@@ -32,9 +32,13 @@ def owner_dataset(config: Config, owner: str, name: str) -> Dataset:
 def build_model(config: Config) -> nn.Sequential:
     """All segments in one nn.Sequential, built after manual_seed as the split run does."""
     torch.manual_seed(config.seed)
-    return nn.Sequential(
+    model = nn.Sequential(
         *[layer_specs.build_segment(s.layers, f"segments[{s.index}]") for s in config.segments]
     )
+    if config.initial is not None:  # the Python API's start weights
+        state = {f"{i}.{k[6:]}": v for i, s in enumerate(config.initial) for k, v in s.items()}
+        model.load_state_dict(state)
+    return model
 
 
 def train_reference(config: Config, threads: int | None = 1) -> tuple[nn.Sequential, list[dict]]:

@@ -20,7 +20,10 @@ _GLOBAL_RNG = threading.Lock()
 
 
 def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
-    """Segment weights as plain PyTorch builds them: manual_seed, then segments in order."""
+    """Segment weights as plain PyTorch builds them: manual_seed, then segments in order
+    (or the config's own start weights, those of the Python API's segments)."""
+    if config.initial is not None:
+        return [dict(state) for state in config.initial]
     with _GLOBAL_RNG, torch.random.fork_rng():
         torch.manual_seed(config.seed)
         states = []
