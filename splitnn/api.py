@@ -28,6 +28,7 @@ from torch import nn
 
 from splitnn.errors import ConfigError
 from splitnn.model.layers import ALLOWED_LAYERS, build_segment
+from splitnn.nn.residual import Residual
 
 _KIND_OF = {kind.factory: name for name, kind in ALLOWED_LAYERS.items()}
 # Training options that keep their config names; anything else is refused by parse.
@@ -37,14 +38,24 @@ _OPTIONS = ("rounds", "shuffle", "seed", "schedule", "micro_batches", "wire", "r
 def layer_spec(module: nn.Module, where: str) -> dict:
     """The allow-listed layer spec of one torch module (its constructor arguments,
     read back from the module), or ConfigError naming it and its position."""
+    if isinstance(module, nn.Sequential):
+        layers = [layer_spec(m, f"{where}[{j}]") for j, m in enumerate(module)]
+        return {"type": "Sequential", "layers": layers}
+    if isinstance(module, Residual):
+        spec = {"type": "Residual", "layers": layer_spec(module.body, f"{where}.body")["layers"]}
+        if module.shortcut is not None:
+            spec["shortcut"] = layer_spec(module.shortcut, f"{where}.shortcut")["layers"]
+        return spec
     name = _KIND_OF.get(type(module))
     if name is None:
         raise ConfigError(
             f"{where}: {type(module).__module__}.{type(module).__name__} is not a layer "
             f"splitnn builds (allowed: {', '.join(sorted(ALLOWED_LAYERS))})"
         )
-    spec: dict = {"type": name}
+    spec: dict = {"type": name, **_read_back(module)}
     for arg in ALLOWED_LAYERS[name].args:
+        if arg in spec:
+            continue
         if not hasattr(module, arg):
             continue
         value = getattr(module, arg)
@@ -61,6 +72,24 @@ def layer_spec(module: nn.Module, where: str) -> dict:
     if theirs != ours:
         raise ConfigError(f"{where}: {name} could not be described exactly ({spec})")
     return spec
+
+
+def _read_back(module: nn.Module) -> dict:
+    """Constructor arguments a layer keeps under other names than its own."""
+    if isinstance(module, nn.TransformerEncoderLayer):
+        attention = module.self_attn
+        return {
+            "d_model": attention.embed_dim,
+            "nhead": attention.num_heads,
+            "dim_feedforward": module.linear1.out_features,
+            "dropout": float(module.dropout.p),
+            "activation": "gelu" if module.activation_relu_or_gelu == 2 else "relu",
+            "layer_norm_eps": module.norm1.eps,
+            "batch_first": attention.batch_first,
+            "norm_first": module.norm_first,
+            "bias": module.linear1.bias is not None,
+        }
+    return {}
 
 
 def _layers(segment: nn.Module) -> list[nn.Module]:

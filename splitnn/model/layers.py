@@ -119,6 +119,33 @@ ALLOWED_LAYERS: dict[str, LayerKind] = {
         },
         ("num_features",),
     ),
+    "GroupNorm": LayerKind(
+        nn.GroupNorm,
+        {"num_groups": _k(INT), "num_channels": _k(INT), "eps": _k(FLOAT), "affine": _k(BOOL)},
+        ("num_groups", "num_channels"),
+    ),
+    "Dropout2d": LayerKind(nn.Dropout2d, {"p": _k(FLOAT, INT)}),
+    "Embedding": LayerKind(
+        nn.Embedding,
+        {"num_embeddings": _k(INT), "embedding_dim": _k(INT), "padding_idx": _k(INT)},
+        ("num_embeddings", "embedding_dim"),
+    ),
+    "TransformerEncoderLayer": LayerKind(
+        nn.TransformerEncoderLayer,
+        {
+            "d_model": _k(INT),
+            "nhead": _k(INT),
+            "dim_feedforward": _k(INT),
+            "dropout": _k(FLOAT, INT),
+            "activation": _k(STR),
+            "layer_norm_eps": _k(FLOAT),
+            "batch_first": _k(BOOL),
+            "norm_first": _k(BOOL),
+            "bias": _k(BOOL),
+        },
+        ("d_model", "nhead"),
+        {"activation": ("relu", "gelu")},
+    ),
     "LayerNorm": LayerKind(
         nn.LayerNorm,
         {
@@ -131,7 +158,10 @@ ALLOWED_LAYERS: dict[str, LayerKind] = {
     ),
 }
 
+# Composite blocks: their layers are specs themselves (splitnn.nn.Residual).
+COMPOSITES = {"Sequential": ("layers",), "Residual": ("layers", "shortcut")}
 MAX_LAYERS_PER_SEGMENT = 256
+MAX_DEPTH = 8
 MAX_INT_ARG = 1 << 24
 DEFAULT_MAX_PARAMETERS = 200_000_000
 
@@ -201,23 +231,64 @@ def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
 
 
 def validate_spec(layers: object, where: str = "segment") -> None:
-    """Check a whole segment spec (anything a config or a peer sent) without building it."""
+    """Check a whole segment spec (anything a config or a peer sent) without building it:
+    every layer, nested ones too, at most MAX_LAYERS_PER_SEGMENT in all and
+    MAX_DEPTH deep."""
+    _validate_list(layers, where, [0], 0)
+
+
+def _validate_list(layers: object, where: str, count: list[int], depth: int) -> None:
     if not isinstance(layers, list) or not layers:
         raise InvalidArgument(f"{where}: layers must be a non-empty list")
-    if len(layers) > MAX_LAYERS_PER_SEGMENT:
-        raise InvalidArgument(f"{where}: more than {MAX_LAYERS_PER_SEGMENT} layers")
+    if depth > MAX_DEPTH:
+        raise InvalidArgument(f"{where}: blocks nested more than {MAX_DEPTH} deep")
     for i, layer in enumerate(layers):
-        validate_layer(layer, f"{where}.layers[{i}]")
+        count[0] += 1
+        if count[0] > MAX_LAYERS_PER_SEGMENT:
+            raise InvalidArgument(f"{where}: more than {MAX_LAYERS_PER_SEGMENT} layers")
+        here = f"{where}.layers[{i}]"
+        if isinstance(layer, dict) and layer.get("type") in COMPOSITES:
+            _validate_composite(layer, here, count, depth)
+        else:
+            validate_layer(layer, here)
+
+
+def _validate_composite(layer: dict, where: str, count: list[int], depth: int) -> None:
+    fields = COMPOSITES[layer["type"]]
+    extra = sorted(set(layer) - {"type", *fields})
+    if extra:
+        raise InvalidArgument(f"{where}: {layer['type']} has no field {extra[0]!r} ({fields})")
+    if "layers" not in layer:
+        raise InvalidArgument(f"{where}: {layer['type']} needs layers")
+    for name in fields:
+        if name in layer:
+            _validate_list(layer[name], f"{where}.{name}", count, depth + 1)
 
 
 def _construct(layers: list, where: str) -> nn.Sequential:
     modules = []
     for i, layer in enumerate(layers):
-        kind, args = validate_layer(layer, f"{where}.layers[{i}]")
+        here = f"{where}.layers[{i}]"
+        if layer["type"] == "Sequential":
+            modules.append(_construct(layer["layers"], here))
+            continue
+        if layer["type"] == "Residual":
+            from splitnn.nn.residual import Residual
+
+            shortcut = layer.get("shortcut")
+            modules.append(
+                Residual(
+                    _construct(layer["layers"], f"{here}.layers"),
+                    _construct(shortcut, f"{here}.shortcut") if shortcut else None,
+                )
+            )
+            continue
+        kind, args = validate_layer(layer, here)
         try:
             modules.append(kind.factory(**args))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise InvalidArgument(f"{where}.layers[{i}]: {layer['type']}: {err}") from None
+        # AssertionError: torch checks some arguments with assert (the attention's heads)
+        except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+            raise InvalidArgument(f"{here}: {layer['type']}: {err}") from None
     return nn.Sequential(*modules)
 
 
@@ -260,6 +331,11 @@ def layer_to_proto(layer: dict) -> worker_pb2.LayerSpec:
     for name, value in layer.items():
         if name == "type":
             continue
+        if layer["type"] in COMPOSITES and name in ("layers", "shortcut"):
+            if not isinstance(value, list):
+                raise InvalidArgument(f"{layer['type']}.{name}: expected a list of layers")
+            getattr(spec, name).extend(layer_to_proto(inner) for inner in value)
+            continue
         arg = spec.args[name]
         if isinstance(value, bool):
             arg.bool_value = value
@@ -279,6 +355,10 @@ def layer_to_proto(layer: dict) -> worker_pb2.LayerSpec:
 def layer_from_proto(spec: worker_pb2.LayerSpec) -> dict:
     """A LayerSpec message as a layer dict (not yet validated)."""
     layer: dict = {"type": spec.type}
+    for name in ("layers", "shortcut"):
+        inner = getattr(spec, name)
+        if len(inner):
+            layer[name] = [layer_from_proto(s) for s in inner]
     for name, arg in spec.args.items():
         which = arg.WhichOneof("kind")
         if which is None:

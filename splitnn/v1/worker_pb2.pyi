@@ -75,7 +75,7 @@ class IntList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LayerSpec(_message.Message):
-    __slots__ = ("type", "args")
+    __slots__ = ("type", "args", "layers", "shortcut")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,9 +85,13 @@ class LayerSpec(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ArgValue, _Mapping]] = ...) -> None: ...
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SHORTCUT_FIELD_NUMBER: _ClassVar[int]
     type: str
     args: _containers.MessageMap[str, ArgValue]
-    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Mapping[str, ArgValue]] = ...) -> None: ...
+    layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
+    shortcut: _containers.RepeatedCompositeFieldContainer[LayerSpec]
+    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Mapping[str, ArgValue]] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., shortcut: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ...) -> None: ...
 
 class OptimizerSpec(_message.Message):
     __slots__ = ("kind", "lr", "momentum", "dampening", "weight_decay", "nesterov", "beta1", "beta2", "eps", "amsgrad")
