@@ -52,11 +52,16 @@ class LocalStart:
     machine, and with identities the access policy holds between local workers too."""
 
     def __init__(
-        self, workers: dict[str, WorkerConfig], security: Security | None = None, threads: int = 1
+        self,
+        workers: dict[str, WorkerConfig],
+        security: Security | None = None,
+        threads: int = 1,
+        worker_args: dict[str, list[str]] | None = None,
     ):
         self.workers = workers
         self.security = security
         self.threads = threads
+        self.worker_args = worker_args or {}  # more flags per host, e.g. --device cuda
         self._stack = contextlib.ExitStack()
         self._local: LocalWorkers | None = None
 
@@ -67,7 +72,9 @@ class LocalStart:
                 self.security = run_tokens(stack, list(self.workers))
             data = {h: {k: str(v) for k, v in w.data.items()} for h, w in self.workers.items()}
             file = token_file(stack, self.security)
-            extra_args = {h: self.security.worker_args(h, file) for h in data}
+            extra_args = {
+                h: self.security.worker_args(h, file) + self.worker_args.get(h, []) for h in data
+            }
             self._local = LocalWorkers(data, threads=self.threads, extra_args=extra_args)
             stack.callback(self._local.stop)
             self._local.start()

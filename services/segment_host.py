@@ -60,6 +60,10 @@ class SegmentHost:
     name: str
     datasets: dict[str, Dataset] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    # Where segments, optimizer state and per-batch state live (--device). Tensors
+    # come here after decoding and leave for the CPU when encoded (codec); exports
+    # and checkpoints are CPU tensors, so hosts on different devices train together.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self):
         self._segments: dict[tuple[str, int], Segment] = {}
@@ -103,6 +107,7 @@ class SegmentHost:
         with self._lock:
             self._check_slot(key, replace, owner, parameters)
         module = layer_specs.build_segment(layers, where, max_parameters=None)  # counted
+        module.to(self.device)
         # One explicit param group: torch refuses a bare empty parameter list, and a
         # parameter-free segment (Identity, ReLU, Flatten...) is legitimate.
         optimizer = optim_specs.build_optimizer(
@@ -140,7 +145,7 @@ class SegmentHost:
             state.update(
                 {f"optim.{k}": v for k, v in optim_specs.export_state(segment.optimizer).items()}
             )
-            return {k: v.detach().clone() for k, v in state.items()}
+            return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     def drop_segment(self, run_id: str, index: int) -> None:
         """Forget a segment and whatever batches it was part of."""
@@ -246,9 +251,11 @@ class SegmentHost:
                     quota.check_pending(self.limits, runs, run_id, owner_runs, self.name)
             x = inputs.forward_input(chain, input, data, self.dataset, self.limits)
             self.sizes.check(chain, x, train)
+            x = x.to(self.device)
             target = None
             if loss is not None:
                 target = inputs.labels(loss, x.shape[0], self.dataset, self.limits)
+                target = target.to(self.device)
             saved = snapshot_buffers(chain)
             # Only a training forward with a loss touches gradients before it can fail;
             # gradients accumulated by earlier batches must survive a refused one.
@@ -340,6 +347,7 @@ class SegmentHost:
                     f"gradient shape {list(output_grad.shape)} does not match output shape "
                     f"{list(pending.output.shape)}"
                 )
+            output_grad = output_grad.to(self.device)
             if not all_finite(output_grad):
                 raise NumericalError(f"gradient for batch {batch_name(key)} holds NaN or Inf")
             input_grad, owed = None, None

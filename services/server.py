@@ -20,6 +20,7 @@ import torch
 
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.model.devices import resolve_device
 from splitnn.model.warm import warm_up_in_background
 from splitnn.security.access import DEFAULT_ORCHESTRATORS, AccessPolicy
 from splitnn.security.policy import Security, is_loopback
@@ -80,6 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="an identity that may run training here (load, export, drop, drive, status); "
         "repeatable; default: orchestrator. Other identities are peers: they may only send "
         "the ops of runs that name them",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where segments compute: cpu (default), cuda, cuda:N, or auto (CUDA if present)",
     )
     p.add_argument("--max-segments", type=int, default=64)
     p.add_argument(
@@ -232,7 +238,8 @@ def build(args: argparse.Namespace) -> Worker:
         max_rows=args.max_rows,
         lease_seconds=args.run_lease_s,
     )
-    host = SegmentHost(args.name, load_datasets(args.data), limits)
+    device = resolve_device(getattr(args, "device", "cpu"))
+    host = SegmentHost(args.name, load_datasets(args.data), limits, device)
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)
@@ -304,7 +311,10 @@ def main(argv=None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-        torch.set_num_interop_threads(args.threads)
+        try:
+            torch.set_num_interop_threads(args.threads)
+        except RuntimeError:  # set once per process: main() run again in one (tests)
+            pass
     try:
         worker = build(args)
     except (SplitnnError, OSError) as err:
@@ -317,7 +327,8 @@ def main(argv=None) -> int:
     worker.server.start()
     start_lease_keeper(worker.host)
     bind_host = args.listen.rsplit(":", 1)[0]
-    print(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}", flush=True)
+    where = "" if worker.host.device.type == "cpu" else f" (device {worker.host.device})"
+    print(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}{where}", flush=True)
     warm_up_in_background()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
