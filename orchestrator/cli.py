@@ -30,8 +30,14 @@ def _cmd_train(args) -> int:
     if not args.config or not args.out:
         raise SystemExit("splitnn train: give CONFIG and --out DIR, or --resume DIR")
     security = security_from_args(args)
+    modules = [f for spec in args.module for f in ("--module", spec)]
     # Local workers start first: they import torch while this process does.
-    with start_early(args.config if args.local else None, security) as started:
+    with start_early(args.config if args.local else None, security, modules) as started:
+        if args.module:
+            from splitnn.model import modules as operator_modules
+
+            for spec in args.module:
+                operator_modules.offer(spec)
         from splitnn.orchestrator.config import load_config
         from splitnn.orchestrator.run import train
 
@@ -118,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--local", action="store_true", help="start the workers here on free loopback ports"
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="NAME=PACKAGE.MODULE:FACTORY",
+        help="an operator's module (as splitnn-worker --module): this process then builds "
+        "its start weights and checks its shapes; with --local, the local workers offer it",
     )
     p.add_argument(
         "--relay",

@@ -99,11 +99,14 @@ class LocalStart:
 
 
 @contextlib.contextmanager
-def start_early(config_path: str | Path | None, security: Security | None = None):
+def start_early(config_path: str | Path | None, security: Security | None = None, worker_args=()):
     """LocalStart for the workers of the config at `config_path`, launched before the
-    config is checked further (None: nothing to start; yields None)."""
+    config is checked further, each with `worker_args` too (None: nothing to start;
+    yields None)."""
     if config_path is None:
         yield None
         return
-    with LocalStart(read_workers(config_path), security) as started:
+    workers = read_workers(config_path)
+    flags = {host: list(worker_args) for host in workers}
+    with LocalStart(workers, security, worker_args=flags) as started:
         yield started

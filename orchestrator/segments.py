@@ -28,6 +28,9 @@ def initial_states(config: Config) -> list[dict[str, torch.Tensor]]:
         torch.manual_seed(config.seed)
         states = []
         for seg in config.segments:
+            if layer_specs.needs_unoffered_module(seg.layers):
+                states.append({})  # its host initializes the operator's module itself
+                continue
             module = layer_specs.build_segment(seg.layers, f"segments[{seg.index}]")
             states.append(
                 {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}

@@ -20,6 +20,7 @@ import torch
 
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.model import modules as operator_modules
 from splitnn.model.devices import resolve_device
 from splitnn.model.warm import warm_up_in_background
 from splitnn.security.access import DEFAULT_ORCHESTRATORS, AccessPolicy
@@ -86,6 +87,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--device",
         default="cpu",
         help="where segments compute: cpu (default), cuda, cuda:N, or auto (CUDA if present)",
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="NAME=PACKAGE.MODULE:FACTORY",
+        help="offer a module of code installed here, built by FACTORY(**args) for specs "
+        '{ type = "Module", name = "NAME", ... }; repeatable (nothing is ever imported '
+        "from the network)",
     )
     p.add_argument("--max-segments", type=int, default=64)
     p.add_argument(
@@ -239,6 +249,8 @@ def build(args: argparse.Namespace) -> Worker:
         lease_seconds=args.run_lease_s,
     )
     device = resolve_device(getattr(args, "device", "cpu"))
+    for spec in getattr(args, "module", []):
+        operator_modules.offer(spec)
     host = SegmentHost(args.name, load_datasets(args.data), limits, device)
     threads = args.handler_threads
     if security is None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from splitnn.errors import ConfigError
 from splitnn.model.losses import micro_batch_scale, split_rows
 from splitnn.orchestrator.config import load_config
 from splitnn.orchestrator.reference import max_weight_difference, train_reference
 from tests import jobs
-from tests.test_equivalence import run_cli
+from tests.test_equivalence import assert_equals_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,15 +52,6 @@ def test_micro_batches_must_be_positive(tmp_path):
         load_config(with_training(ROOT / "examples" / "seed.toml", tmp_path, micro_batches=0))
 
 
-def _train_and_compare(config_path: Path, out: Path, *flags: str) -> dict:
-    result = run_cli("train", str(config_path), "--out", str(out), "--local", *flags)
-    assert result.returncode == 0, result.stderr[-3000:]
-    split = load_file(str(out / "model.safetensors"))
-    reference, _ = train_reference(load_config(config_path))
-    assert max_weight_difference(split, reference.state_dict()) <= 1e-5
-    return split
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [(), ("--relay",)], ids=["owner-drives", "relay"])
 def test_mlp_with_micro_batches_equals_one_process_accumulating_them(tmp_path, flags):
@@ -70,7 +60,7 @@ def test_mlp_with_micro_batches_equals_one_process_accumulating_them(tmp_path, f
     plain = jobs.mlp_job(tmp_path)
     micro = with_training(plain, tmp_path, micro_batches=3)
 
-    split = _train_and_compare(micro, tmp_path / "out", *flags)
+    split = assert_equals_reference(micro, tmp_path / "out", *flags)
 
     # The micro-batches' gradients add up to the batch's: close to whole-batch training.
     whole, _ = train_reference(load_config(plain))
@@ -82,6 +72,6 @@ def test_seed_job_in_micro_batches_through_the_five_way_chain(tmp_path):
     # Summed squared error over 16 rows as 6 + 5 + 5, through owner | alice | bob |
     # claire | owner: every middle host holds three micro-batches in flight.
     config = with_training(ROOT / "examples" / "seed.toml", tmp_path, micro_batches=3)
-    split = _train_and_compare(config, tmp_path / "out")
+    split = assert_equals_reference(config, tmp_path / "out")
     whole, _ = train_reference(load_config(ROOT / "examples" / "seed.toml"))
     assert max_weight_difference(split, whole.state_dict()) <= 1e-4

@@ -13,11 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from splitnn.orchestrator.checkpoint import load_checkpoint
-from splitnn.orchestrator.config import load_config
-from splitnn.orchestrator.reference import max_weight_difference, train_reference
 from splitnn.orchestrator.splitfed import average
 from tests import jobs
-from tests.test_equivalence import run_cli
+from tests.test_equivalence import assert_equals_reference, run_cli
 from tests.test_micro_batches import with_training
 
 OPTIMIZERS = {
@@ -39,11 +37,7 @@ def test_average_weights_rows_and_keeps_integer_buffers_of_the_first_copy():
 def test_splitfed_equals_its_single_process_simulation(tmp_path, name):
     config = jobs.splitfed_job(tmp_path, OPTIMIZERS[name])
     out = tmp_path / "out"
-    result = run_cli("train", str(config), "--out", str(out), "--local")
-    assert result.returncode == 0, result.stderr[-3000:]
-    reference, _ = train_reference(load_config(config))
-    split = load_file(str(out / "model.safetensors"))
-    assert max_weight_difference(split, reference.state_dict()) <= 1e-5
+    assert_equals_reference(config, out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rounds = {(r["owner"], r["round"]) for r in records}
     assert rounds >= {(o, r) for o in ("alice", "bob", "claire", "global") for r in (0, 1)}
@@ -100,9 +94,4 @@ def test_splitfed_through_the_chain_with_mutual_tls_equals_the_simulation(tmp_pa
     config = with_training(
         jobs.splitfed_job(tmp_path, OPTIMIZERS["sgd"]), tmp_path, route='"chain"'
     )
-    out = tmp_path / "out"
-    result = run_cli("train", str(config), "--out", str(out), "--local", "--tls-dir", str(pki))
-    assert result.returncode == 0, result.stderr[-3000:]
-    reference, _ = train_reference(load_config(config))
-    split = load_file(str(out / "model.safetensors"))
-    assert max_weight_difference(split, reference.state_dict()) <= 1e-5
+    assert_equals_reference(config, tmp_path / "out", "--tls-dir", str(pki))

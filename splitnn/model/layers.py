@@ -158,6 +158,8 @@ ALLOWED_LAYERS: dict[str, LayerKind] = {
     ),
 }
 
+# A module the host's operator offers (splitnn.model.modules): its name, typed args.
+OPERATOR_MODULE = "Module"
 # Composite blocks: their layers are specs themselves (splitnn.nn.Residual).
 COMPOSITES = {"Sequential": ("layers",), "Residual": ("layers", "shortcut")}
 MAX_LAYERS_PER_SEGMENT = 256
@@ -249,8 +251,51 @@ def _validate_list(layers: object, where: str, count: list[int], depth: int) -> 
         here = f"{where}.layers[{i}]"
         if isinstance(layer, dict) and layer.get("type") in COMPOSITES:
             _validate_composite(layer, here, count, depth)
+        elif isinstance(layer, dict) and layer.get("type") == OPERATOR_MODULE:
+            validate_operator_module(layer, here)
         else:
             validate_layer(layer, here)
+
+
+def validate_operator_module(layer: dict, where: str) -> dict:
+    """Check a Module layer: a name, and arguments of the kinds any layer may have;
+    returns the factory's keyword arguments."""
+    name = layer.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidArgument(f"{where}: Module needs a name (an identifier), got {name!r}")
+    args = {}
+    for key, value in layer.items():
+        if key in ("type", "name"):
+            continue
+        kind = _kind_of(value)
+        if kind is None:
+            raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is not a plain value")
+        if kind == INT and not -MAX_INT_ARG <= value <= MAX_INT_ARG:
+            raise InvalidArgument(f"{where}: Module {name}.{key}={value} is out of range")
+        if kind == FLOAT and not math.isfinite(value):
+            raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is not finite")
+        if kind == INTS:
+            if len(value) > 8 or any(not -MAX_INT_ARG <= v <= MAX_INT_ARG for v in value):
+                raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is out of range")
+            value = list(value)
+        if kind == STR and len(value) > 256:
+            raise InvalidArgument(f"{where}: Module {name}.{key} is longer than 256 characters")
+        args[key] = value
+    return args
+
+
+def needs_unoffered_module(layers: list) -> bool:
+    """Whether a (valid) spec holds an operator Module this process does not offer:
+    then only its host can build it."""
+    from splitnn.model import modules as operator_modules
+
+    for layer in layers:
+        if layer["type"] == OPERATOR_MODULE and not operator_modules.is_offered(layer["name"]):
+            return True
+        if layer["type"] in COMPOSITES:
+            if any(needs_unoffered_module(layer.get(k) or []) for k in COMPOSITES[layer["type"]]):
+                return True
+    return False
 
 
 def _validate_composite(layer: dict, where: str, count: list[int], depth: int) -> None:
@@ -282,6 +327,12 @@ def _construct(layers: list, where: str) -> nn.Sequential:
                     _construct(shortcut, f"{here}.shortcut") if shortcut else None,
                 )
             )
+            continue
+        if layer["type"] == OPERATOR_MODULE:
+            from splitnn.model import modules as operator_modules
+
+            args = validate_operator_module(layer, here)
+            modules.append(operator_modules.build(layer["name"], args, here))
             continue
         kind, args = validate_layer(layer, here)
         try:
