@@ -64,6 +64,9 @@ class SegmentHost:
     # come here after decoding and leave for the CPU when encoded (codec); exports
     # and checkpoints are CPU tensors, so hosts on different devices train together.
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # --precision bfloat16: the segments' forward runs under autocast; what leaves this
+    # host (outputs, gradients) keeps the dtype that came in. None: as built (float32).
+    autocast: torch.dtype | None = None
 
     def __post_init__(self):
         self._segments: dict[tuple[str, int], Segment] = {}
@@ -280,8 +283,9 @@ class SegmentHost:
             if segment.module.training != train:
                 segment.module.train(train)
         if not train:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 out = apply_chain(chain, x)
+            out = self._leaving(out, x)
             result = ForwardResult(output=out if want_output or loss is None else None)
             if loss is not None:
                 loss_name, _, _ = loss
@@ -291,10 +295,11 @@ class SegmentHost:
                 result.count = int(out.shape[0])
             return result
         leaf = x.detach().requires_grad_(needs_input_grad)
-        out = apply_chain(chain, leaf)
+        with self._autocast():
+            out = apply_chain(chain, leaf)
         if loss is None:
             self._pending[key] = PendingBatch(leaf, out)
-            return ForwardResult(output=out.detach())
+            return ForwardResult(output=self._leaving(out.detach(), x))
         loss_name, _, _ = loss
         value = chain_loss(loss_name, out, target)
         loss_value = value.item()
@@ -318,6 +323,18 @@ class SegmentHost:
             count=int(out.shape[0]),
         )
 
+    def _autocast(self):
+        """Autocast for the segments' forward with --precision (a no-op without it)."""
+        enabled = self.autocast is not None
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=enabled)
+
+    def _leaving(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """An output as it leaves this host: in the input's floating dtype under autocast,
+        so that the next host (with or without autocast) gets what it expects."""
+        if self.autocast is not None and x.is_floating_point() and out.dtype != x.dtype:
+            return out.to(x.dtype)
+        return out
+
     def backward(
         self,
         run_id: str,
@@ -337,6 +354,8 @@ class SegmentHost:
                     f"no Forward of batch {batch_name(key)} through segments {indices} "
                     "awaits Backward"
                 )
+            if self.autocast is not None and output_grad.dtype == pending.input.dtype:
+                output_grad = output_grad.to(pending.output.dtype)  # sent in the input's dtype
             if output_grad.dtype != pending.output.dtype:
                 raise InvalidArgument(
                     f"gradient dtype {output_grad.dtype} does not match output dtype "

@@ -89,6 +89,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="where segments compute: cpu (default), cuda, cuda:N, or auto (CUDA if present)",
     )
     p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: run the segments' forward under autocast (not exact; what leaves "
+        "this host stays float32)",
+    )
+    p.add_argument(
         "--module",
         action="append",
         default=[],
@@ -251,7 +258,8 @@ def build(args: argparse.Namespace) -> Worker:
     device = resolve_device(getattr(args, "device", "cpu"))
     for spec in getattr(args, "module", []):
         operator_modules.offer(spec)
-    host = SegmentHost(args.name, load_datasets(args.data), limits, device)
+    autocast = torch.bfloat16 if getattr(args, "precision", "float32") == "bfloat16" else None
+    host = SegmentHost(args.name, load_datasets(args.data), limits, device, autocast)
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)

@@ -47,3 +47,25 @@ def test_segments_live_on_the_hosts_device_and_export_to_the_cpu():
     assert result.output.device == host.device
     grad = host.backward("run", [0], 1, torch.ones(4, 2), True)
     assert grad is None or grad.device == host.device
+
+
+def _one_step(autocast):
+    torch.manual_seed(0)
+    host = SegmentHost("bob", autocast=autocast)
+    spec = [{"type": "Linear", "in_features": 3, "out_features": 4}, {"type": "ReLU"}]
+    host.load_segment("run", 1, spec, SGD, None, owner="orchestrator")
+    x = torch.linspace(-1, 1, 12).reshape(4, 3)
+    out = host.forward("run", [1], 1, input=x).output
+    grad = host.backward("run", [1], 1, torch.ones(4, 4), True)
+    host.settle("run", [1])
+    return out, grad, host.export_segment("run", 1)["model.0.weight"]
+
+
+def test_bfloat16_autocast_keeps_what_leaves_the_host_in_float32_and_trains_close():
+    out, grad, weight = _one_step(torch.bfloat16)
+    exact_out, exact_grad, exact_weight = _one_step(None)
+    assert out.dtype == torch.float32 and grad.dtype == torch.float32
+    assert weight.dtype == torch.float32
+    assert torch.allclose(out, exact_out, atol=2e-2) and torch.allclose(grad, exact_grad, atol=2e-2)
+    assert torch.allclose(weight, exact_weight, atol=2e-2)
+    assert not torch.equal(out, exact_out)  # it did run in bfloat16
