@@ -37,3 +37,10 @@ def add_health_and_reflection(server) -> health.HealthServicer:
         (WORKER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
     )
     return servicer
+
+
+def add_health_only(servicer: health.HealthServicer, server) -> None:
+    """Serve `servicer` (the worker's own health) on another server, alone: a plaintext
+    port for probes that cannot speak TLS (Kubernetes' gRPC probes), which answers
+    nothing but grpc.health.v1."""
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

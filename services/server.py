@@ -33,7 +33,7 @@ from splitnn.services.guard import (
     CallSlots,
     IdleWatch,
 )
-from splitnn.services.health import add_health_and_reflection
+from splitnn.services.health import add_health_and_reflection, add_health_only
 from splitnn.services.registration import add_worker_service
 from splitnn.services.segment_host import Limits, SegmentHost
 from splitnn.services.servicer import WorkerServicer
@@ -103,6 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="offer a module of code installed here, built by FACTORY(**args) for specs "
         '{ type = "Module", name = "NAME", ... }; repeatable (nothing is ever imported '
         "from the network)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="also serve grpc.health.v1, and nothing else, in plaintext on this port of "
+        "the --listen host (0: any free), for probes that cannot speak TLS",
     )
     p.add_argument("--max-segments", type=int, default=64)
     p.add_argument(
@@ -242,6 +249,8 @@ class Worker:
     port: int
     driver: Driver
     peers: PeerPool
+    health_server: grpc.Server | None = None  # --health-port: plaintext health alone
+    health_port: int | None = None
 
 
 def build(args: argparse.Namespace) -> Worker:
@@ -288,8 +297,15 @@ def build(args: argparse.Namespace) -> Worker:
         peers=PeerPool(chain_factory),
     )
     add_worker_service(servicer, server)
-    add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes and grpcurl
-    return Worker(host, server, port, driver, servicer.peers)
+    health = add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes
+    worker = Worker(host, server, port, driver, servicer.peers)
+    if getattr(args, "health_port", None) is not None:
+        bind_host = args.listen.rsplit(":", 1)[0]
+        worker.health_server, worker.health_port = create_server(
+            f"{bind_host}:{args.health_port}", max_workers=2
+        )
+        add_health_only(health, worker.health_server)
+    return worker
 
 
 def start_lease_keeper(host: SegmentHost) -> threading.Thread:
@@ -345,10 +361,14 @@ def main(argv=None) -> int:
     gc.collect()
     gc.freeze()
     worker.server.start()
+    if worker.health_server is not None:
+        worker.health_server.start()
     start_lease_keeper(worker.host)
     bind_host = args.listen.rsplit(":", 1)[0]
     where = "" if worker.host.device.type == "cpu" else f" (device {worker.host.device})"
     print(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}{where}", flush=True)
+    if worker.health_port is not None:
+        print(f"splitnn-worker {args.name} health on {bind_host}:{worker.health_port}", flush=True)
     warm_up_in_background()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -358,6 +378,8 @@ def main(argv=None) -> int:
     # shutdown waiting for its grace period: close them first.
     worker.driver.close()
     worker.peers.close()
+    if worker.health_server is not None:
+        worker.health_server.stop(grace=0)
     worker.server.stop(grace=1).wait()
     return 0
 

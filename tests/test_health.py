@@ -197,3 +197,32 @@ def test_wait_healthy_over_tls(tmp_path, capsys):
         assert "together" in capsys.readouterr().err  # mutual TLS: CA, cert and key
     finally:
         server.stop(grace=None).wait(timeout=10)
+
+
+def test_health_port_answers_health_alone_in_plaintext_without_a_token(tmp_path):
+    # The worker's own port wants a token; the health port (for probes that cannot
+    # speak TLS or send tokens) answers grpc.health.v1 and nothing else.
+    tokens = tmp_path / "tokens"
+    tokens.write_text("orchestrator secret-token-0123456789\nalice alice-token-0123456789\n")
+    base = ["--name", "alice", "--listen", "127.0.0.1:0", "--token-file", str(tokens)]
+    worker = worker_server.build(worker_server.parse_args([*base, "--health-port", "0"]))
+    worker.server.start()
+    worker.health_server.start()
+    try:
+        with create_channel(f"127.0.0.1:{worker.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for service in ("", WORKER_SERVICE):
+                response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+            status = channel.unary_unary(f"/{WORKER_SERVICE}/GetStatus")
+            with pytest.raises(grpc.RpcError) as err:
+                status(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with create_channel(f"127.0.0.1:{worker.port}") as channel:
+            status = channel.unary_unary(f"/{WORKER_SERVICE}/GetStatus")
+            with pytest.raises(grpc.RpcError) as err:
+                status(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        worker.health_server.stop(grace=None)
+        worker.server.stop(grace=None).wait(timeout=10)
