@@ -43,7 +43,11 @@ class Expectations:
     def resolve(self, op: Op) -> Op:
         """The op to run for an incoming one: with the armed head, if one is armed for
         its key (the incoming op carries the tensor), else the op itself."""
-        if op.kind is not OpKind.FORWARD or op.head.chain or op.tensor is None:
+        # Every forward a worker serves passes here: no lock while nothing is armed
+        # (a run without chain forwarding never arms any).
+        if not self._heads or op.kind is not OpKind.FORWARD or op.tensor is None:
+            return op
+        if op.head.chain:
             return op
         with self._lock:
             head = self._heads.get(op.key)

@@ -68,40 +68,37 @@ def _read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
-def test_compose_seed_trains_across_namespaces(cluster):
-    c = cluster({})
-    for name in WORKERS:
-        assert f"splitnn-worker {name} listening on 0.0.0.0:50051" in c.processes[name].output()
+def _train_equals_reference(c):
+    """Run the cluster's orchestrator to its end; its model equals the reference's.
+    Returns the config and the results folder."""
     orchestrator = c.start("orchestrator")
     try:
         rc = orchestrator.popen.wait(timeout=80)
     except subprocess.TimeoutExpired:
         pytest.fail(f"orchestrator still running after 80s:\n{orchestrator.output()}")
     assert rc == 0, orchestrator.output()
-
     results = c.mounts["orchestrator"]["/results"]
     config = load_config(_config_path(c))
-    assert {w.address for w in config.workers.values()} == {f"{n}:50051" for n in WORKERS}
     reference, _ = train_reference(config)
     trained = load_model_file(results / "model.safetensors")
     assert max_weight_difference(trained, reference.state_dict()) <= 1e-5
+    return config, results
+
+
+def test_compose_seed_trains_across_namespaces(cluster):
+    c = cluster({})
+    for name in WORKERS:
+        assert f"splitnn-worker {name} listening on 0.0.0.0:50051" in c.processes[name].output()
+    config, results = _train_equals_reference(c)
+    assert {w.address for w in config.workers.values()} == {f"{n}:50051" for n in WORKERS}
     metrics = _read_metrics(results / "metrics.jsonl")
     assert [m["owner"] for m in metrics[:: config.epochs]] == list(config.owners)
 
 
 def test_compose_splitfed_trains_across_namespaces(cluster):
     c = cluster({"SPLITNN_CONFIG": "examples/splitfed_compose.toml"})
-    orchestrator = c.start("orchestrator")
-    try:
-        rc = orchestrator.popen.wait(timeout=80)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"orchestrator still running after 80s:\n{orchestrator.output()}")
-    assert rc == 0, orchestrator.output()
-    config = load_config(_config_path(c))
+    config, _ = _train_equals_reference(c)
     assert config.schedule == "splitfed"
-    reference, _ = train_reference(config)
-    trained = load_model_file(c.mounts["orchestrator"]["/results"] / "model.safetensors")
-    assert max_weight_difference(trained, reference.state_dict()) <= 1e-5
 
 
 def test_cut_link_fails_clearly(cluster, tmp_path):
