@@ -107,8 +107,9 @@ class Pipeline:
         # WireFormat of every Forward and Backward (training.wire)
         self.wire = cast(worker_pb2.WireFormat, wire)
         # Chain forwarding (whole training batches, a driver holding both ends of a
-        # chain of three stages or more): see splitnn.services.chain_forward.
-        self.chain = chain and len(stages) >= 3 and stages[0].host == stages[-1].host
+        # chain): see splitnn.services.chain_forward. With three stages it would save
+        # no message (owner | B | owner: 4 either way), so it starts at four.
+        self.chain = chain and len(stages) >= 4 and stages[0].host == stages[-1].host
 
     def _forward(
         self,
