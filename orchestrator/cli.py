@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 from pathlib import Path
 
+from splitnn import logs
 from splitnn.errors import SplitnnError
+
+log = logging.getLogger("splitnn")
 
 # examples/seed.toml, shipped inside the package too (orchestrator/seed.toml links to
 # it in the repository; an installed wheel holds a copy).
@@ -26,7 +30,7 @@ def _cmd_train(args) -> int:
         resume = load_checkpoint(Path(args.resume))
         args.out = args.out or args.resume
         args.config = args.config or resume.config_path
-        print(f"resuming {args.resume} at step {resume.cursor.step}")
+        _say(args, f"resuming {args.resume} at step {resume.cursor.step}")
     if not args.config or not args.out:
         raise SystemExit("splitnn train: give CONFIG and --out DIR, or --resume DIR")
     security = security_from_args(args)
@@ -52,16 +56,40 @@ def _cmd_train(args) -> int:
             resume=resume,
             security=security,
             started=started,
+            sinks=_sinks(args),
+            show_progress=False if args.log_format == "json" else None,
         )
     from splitnn.orchestrator.outputs import read_metrics
     from splitnn.orchestrator.results import format_summary
 
-    print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
-    print(
+    if args.log_format != "json":  # under json, LogLines gave every record already
+        print(format_summary(read_metrics(Path(args.out) / "metrics.jsonl")))
+    _say(
+        args,
         f"trained {report['steps']} steps in {report['wall_time_s']:.1f}s "
-        f"({report['samples_per_s']} samples/s); outputs in {args.out}/"
+        f"({report['samples_per_s']} samples/s); outputs in {args.out}/",
+        run=report["run_id"],
+        step=report["steps"],
     )
     return 0
+
+
+def _sinks(args) -> list:
+    """Where `splitnn train` sends metrics records besides metrics.jsonl."""
+    from splitnn.orchestrator.metric_sinks import LogLines, TensorBoardLog
+
+    sinks: list = [TensorBoardLog(Path(args.tensorboard))] if args.tensorboard else []
+    if args.log_format == "json":
+        sinks.append(LogLines())
+    return sinks
+
+
+def _say(args, text: str, **fields) -> None:
+    """A result line: printed for people, or logged as JSON under --log-format json."""
+    if getattr(args, "log_format", "text") == "json":
+        log.info(text, extra=fields)
+    else:
+        print(text)
 
 
 def _cmd_report(args) -> int:
@@ -84,11 +112,15 @@ def _cmd_evaluate(args) -> int:
     security = security_from_args(args)
     with connected_workers(config, args.local, security=security) as clients:
         results = evaluate_model(config, clients, Path(args.model), args.dataset)
-    print(f"{'owner':<10} {'loss':>10} {'accuracy':>9}")
+    if args.log_format != "json":
+        print(f"{'owner':<10} {'loss':>10} {'accuracy':>9}")
     for owner, metrics in results.items():
         acc = metrics["test_accuracy"]
         acc_text = f"{acc:.2%}" if acc is not None else "-"
-        print(f"{owner:<10} {metrics['test_loss']:>10.5f} {acc_text:>9}")
+        if args.log_format == "json":
+            log.info(f"{owner} test loss {metrics['test_loss']:.6g}", extra={"fields": metrics})
+        else:
+            print(f"{owner:<10} {metrics['test_loss']:>10.5f} {acc_text:>9}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
@@ -138,9 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="carry every activation through this process (default: the owner's worker drives)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files to DIR: loss and accuracy per owner, "
+        "bytes per worker, step time (needs the tensorboard package)",
+    )
     from splitnn.orchestrator.cli_certs import add_security_arguments
 
     add_security_arguments(p)
+    add_log_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="a saved model's loss and accuracy on each owner's data")
@@ -150,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="start the workers here")
     p.add_argument("--out", help="also write the results as JSON to this file")
     add_security_arguments(p)
+    add_log_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="redraw curves.png and the summary of a run directory")
@@ -179,6 +219,26 @@ SUBCOMMAND_MODULES = {
 }
 
 
+def add_log_arguments(p: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, as splitnn-worker has them."""
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="json: every log line and result as one JSON object a line (time, level, "
+        "worker, run, step, message), without the progress bar; default text",
+    )
+    p.add_argument("--log-level", help="log level (default WARNING; INFO under json)")
+
+
+def _configure_logging(args) -> None:
+    log_format = getattr(args, "log_format", "text")
+    if log_format == "json":
+        logs.configure("json", args.log_level or "INFO")
+    elif getattr(args, "log_level", None):
+        logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+
+
 def _register_unavailable(sub, command: str, module: str, hint: str, err: ImportError) -> None:
     reason = f"{type(err).__name__}: {err}"
     p = sub.add_parser(command, help=f"unavailable: {module} failed to import{hint}")
@@ -201,13 +261,17 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     """Entry point of `splitnn`."""
     args = build_parser().parse_args(argv)
+    _configure_logging(args)
     # SIGTERM (kill, a container stop) unwinds like Ctrl-C, so that workers started
     # with --local are stopped by their own process ids instead of being orphaned.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except SplitnnError as err:
-        print(f"splitnn: error: {err}", file=sys.stderr)
+        if getattr(args, "log_format", "text") == "json":
+            log.error(f"splitnn: error: {err}")
+        else:
+            print(f"splitnn: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("splitnn: interrupted; workers stopped", file=sys.stderr)

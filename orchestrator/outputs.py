@@ -38,21 +38,27 @@ def save_model(path: Path, state: dict[str, torch.Tensor], metadata: dict | None
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per logged epoch or evaluation, flushed as it goes."""
+    """metrics.jsonl: one JSON object per logged epoch or evaluation, flushed as it goes;
+    `sinks` (orchestrator.metric_sinks) get each record too."""
 
-    def __init__(self, path: Path, append: bool = False):
+    def __init__(self, path: Path, append: bool = False, sinks=()):
         self.path = path
         self.lines = len(read_metrics(path)) if append and path.is_file() else 0
         self._file = open(path, "a" if append else "w")
+        self.sinks = list(sinks)
 
     def write(self, record: dict) -> None:
         """Append one record and flush it, so an interrupted run keeps what it logged."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.lines += 1
+        for sink in self.sinks:
+            sink.write(record)
 
     def close(self) -> None:
         self._file.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

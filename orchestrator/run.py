@@ -119,11 +119,19 @@ def train(
     resume=None,
     security: Security | None = None,
     started: LocalStart | None = None,
+    sinks=(),
 ) -> dict:
     """Train `config` (or continue from a checkpoint), writing outputs to `out_dir`;
-    `started`: local workers already launched (see connected_workers)."""
+    `started`: local workers already launched (see connected_workers); `sinks`: where
+    metrics records go besides metrics.jsonl (orchestrator.metric_sinks)."""
     with connected_workers(config, local, security=security, started=started) as clients:
         trainer = Trainer(
-            config, clients, out_dir, on_epoch=on_epoch, show_progress=show_progress, relay=relay
+            config,
+            clients,
+            out_dir,
+            on_epoch=on_epoch,
+            show_progress=show_progress,
+            relay=relay,
+            sinks=list(sinks),
         )
         return trainer.run(resume=resume)

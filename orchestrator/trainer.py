@@ -54,6 +54,8 @@ class Trainer:
     # more hop per stage); otherwise the owner's worker drives the chain.
     relay: bool = False
     on_epoch: Callable[[dict], None] | None = None
+    # Where metrics records go besides metrics.jsonl (orchestrator.metric_sinks).
+    sinks: list = field(default_factory=list)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -99,6 +101,9 @@ class Trainer:
                 (self.splitfed or self.hosts).load_initial()
             else:
                 self._restore(resume)
+            for sink in self.sinks:
+                sink.open(self)
+                metrics.sinks.append(sink)
             self._metrics = metrics
             total = (
                 sum(
@@ -387,10 +392,10 @@ class Trainer:
             if self.train_seconds
             else None,
             "mode": "relay" if self.relay else "owner-driven",
-            "bytes": self._traffic(),
+            "bytes": self.traffic(),
         }
 
-    def _traffic(self) -> dict:
+    def traffic(self) -> dict:
         """Bytes each worker received and sent during the run, as the workers count them
         (this includes worker-to-worker traffic when an owner drives)."""
         traffic = {}

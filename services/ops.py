@@ -8,10 +8,11 @@ ops become messages is splitnn.wire.ops; this module only applies them.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
-from splitnn.errors import FailedPrecondition, InvalidArgument
+from splitnn.errors import FailedPrecondition, InvalidArgument, WorkerError, status_code
 from splitnn.model.losses import LOSS_NAMES
 from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
@@ -132,6 +133,29 @@ def same_op(a: Op, b: Op) -> bool:
 
 
 def apply(host: SegmentHost, op: Op, replay: bool = True, chain=None) -> Answer:
+    """`_apply`, counted and timed by the host's meter (metrics) if it has one: the ops
+    callers send and those a driving worker runs on its own stages alike."""
+    meter = host.meter
+    if meter is None:
+        return _apply(host, op, replay, chain)
+    started = time.perf_counter()
+    try:
+        answer = _apply(host, op, replay, chain)
+    except BaseException as err:
+        meter.op(op.kind.value, status_name(err), 0.0)
+        raise
+    meter.op(op.kind.value, "OK", time.perf_counter() - started)
+    return answer
+
+
+def status_name(err: BaseException) -> str:
+    """The gRPC status name an op's error reaches its caller with."""
+    if isinstance(err, WorkerError):  # a peer failed: the servicer answers ABORTED
+        return "ABORTED"
+    return status_code(err).name
+
+
+def _apply(host: SegmentHost, op: Op, replay: bool, chain) -> Answer:
     """Apply an op once: a repeat of a recent op with the same OpKey and content (a retry
     after a lost answer) gets the stored answer instead of running again; an op under a
     recent OpKey with other content is refused, and changes nothing. `replay` False:
@@ -148,6 +172,7 @@ def apply(host: SegmentHost, op: Op, replay: bool = True, chain=None) -> Answer:
                 f"batch {key.batch_id}: a {op.kind.value} op with this id through segments "
                 f"{list(key.segments)} was already applied, with other content"
             )
+        host.replay.count_replay()
         return answer
     answer = _apply_once(host, op, chain)
     host.replay.put(key, op, answer)

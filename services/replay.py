@@ -49,6 +49,12 @@ class ReplayCache:
         self.lane_bytes = lane_bytes
         self._lanes: dict[tuple, _Lane] = {}
         self._lock = threading.Lock()
+        self.replayed = 0  # retried ops answered from here (for metrics)
+
+    def count_replay(self) -> None:
+        """A retried op got its stored answer."""
+        with self._lock:
+            self.replayed += 1
 
     def get(self, key: OpKey) -> tuple[Op, Answer] | None:
         """The op applied under this key and its answer, if still remembered."""

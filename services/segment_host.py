@@ -78,6 +78,8 @@ class SegmentHost:
         # that answered pays them otherwise (see settle).
         self._owed = OwedLedger()
         self.replay = ReplayCache()
+        # Counts and times every op applied here (services.metrics.WorkerMetrics), or None.
+        self.meter = None
         # The driver's own last stages, armed for forwards the chain brings.
         self.expected = Expectations()
         self.runs = Runs(self.limits.lease_seconds)

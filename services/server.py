@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from splitnn import logs
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
 from splitnn.model import modules as operator_modules
@@ -111,6 +113,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also serve grpc.health.v1, and nothing else, in plaintext on this port of "
         "the --listen host (0: any free), for probes that cannot speak TLS",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP (plaintext, /metrics) on this port of the "
+        "--listen host (0: any free): ops, latency, bytes, segments, pending batches, retries",
+    )
     p.add_argument("--max-segments", type=int, default=64)
     p.add_argument(
         "--max-parameters",
@@ -146,6 +155,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="threads serving calls (each open stream holds one); default %(default)s",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="json: one JSON object a line (time, level, worker, run, step, message), "
+        "for a log collector; default text",
+    )
     p.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -251,6 +267,8 @@ class Worker:
     peers: PeerPool
     health_server: grpc.Server | None = None  # --health-port: plaintext health alone
     health_port: int | None = None
+    metrics_server: object | None = None  # --metrics-port: Prometheus over HTTP
+    metrics_port: int | None = None
 
 
 def build(args: argparse.Namespace) -> Worker:
@@ -305,6 +323,13 @@ def build(args: argparse.Namespace) -> Worker:
             f"{bind_host}:{args.health_port}", max_workers=2
         )
         add_health_only(health, worker.health_server)
+    if getattr(args, "metrics_port", None) is not None:
+        from splitnn.services.metrics import WorkerMetrics  # prometheus-client, only if asked
+
+        servicer.metrics = host.meter = WorkerMetrics(servicer)  # RPCs; ops
+        worker.metrics_server, worker.metrics_port = servicer.metrics.serve(
+            args.listen.rsplit(":", 1)[0].strip("[]"), args.metrics_port
+        )
     return worker
 
 
@@ -316,7 +341,12 @@ def start_lease_keeper(host: SegmentHost) -> threading.Thread:
         while True:
             time.sleep(period)
             for run_id in host.drop_lapsed_runs():
-                log.warning("run %s unused for %.0fs: dropped", run_id, host.limits.lease_seconds)
+                log.warning(
+                    "run %s unused for %.0fs: dropped",
+                    run_id,
+                    host.limits.lease_seconds,
+                    extra={"run": run_id},
+                )
 
     thread = threading.Thread(target=keep, name="lease-keeper", daemon=True)
     thread.start()
@@ -341,7 +371,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.exit_with_parent:
         _exit_with_parent()
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logs.configure(args.log_format, args.log_level, worker=args.name)
     # gRPC hands every message between its threads; with the default 5 ms GIL switch
     # interval a woken thread can wait that long for its turn.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -366,9 +396,14 @@ def main(argv=None) -> int:
     start_lease_keeper(worker.host)
     bind_host = args.listen.rsplit(":", 1)[0]
     where = "" if worker.host.device.type == "cpu" else f" (device {worker.host.device})"
-    print(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}{where}", flush=True)
+    say = functools.partial(logs.announce, log_format=args.log_format, worker=args.name)
+    say(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}{where}")
     if worker.health_port is not None:
-        print(f"splitnn-worker {args.name} health on {bind_host}:{worker.health_port}", flush=True)
+        say(f"splitnn-worker {args.name} health on {bind_host}:{worker.health_port}")
+    if worker.metrics_port is not None:
+        say(
+            f"splitnn-worker {args.name} metrics on http://{bind_host}:{worker.metrics_port}/metrics"
+        )
     warm_up_in_background()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -380,6 +415,8 @@ def main(argv=None) -> int:
     worker.peers.close()
     if worker.health_server is not None:
         worker.health_server.stop(grace=0)
+    if worker.metrics_server is not None:
+        worker.metrics_server.shutdown()
     worker.server.stop(grace=1).wait()
     return 0
 

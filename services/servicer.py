@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import grpc
 
@@ -48,6 +49,16 @@ def _errors_to_status(context: grpc.ServicerContext):
         context.abort(grpc.StatusCode.INTERNAL, _details(f"internal error: {type(err).__name__}"))
 
 
+def _status_name(err: BaseException, context) -> str:
+    """The gRPC status a call ends with on `err`, by name (for metrics)."""
+    if isinstance(err, GeneratorExit):  # the caller went away mid-stream
+        return "CANCELLED"
+    code = context.code() if hasattr(context, "code") else None
+    if isinstance(code, grpc.StatusCode):  # what context.abort set
+        return code.name
+    return ops.status_name(err)
+
+
 # Error details are cut to this: a request's own strings (a dataset name, a run id)
 # can be long, and gRPC refuses metadata past its limit with a useless error instead.
 MAX_DETAILS = 1024
@@ -72,6 +83,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         slots: CallSlots | None = None,
         idle: IdleWatch | None = None,
         peers: PeerPool | None = None,
+        metrics=None,
     ):
         self.host = host
         self.chunk_bytes = chunk_bytes
@@ -84,16 +96,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # Traffic of this worker (approximate under concurrency; for reports).
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.started = time.time()
+        # A services.metrics.WorkerMetrics (--metrics-port), or None: nothing counted.
+        self.metrics = metrics
+        if metrics is not None:
+            host.meter = metrics
 
     @contextlib.contextmanager
     def _call(self, rpc: str, context):
         """Every RPC: errors to status codes, who calls, may it call `rpc`, and one of
         its identity's call slots for as long as the call lasts."""
-        with _errors_to_status(context):
-            caller = self.access.identify(context)
-            self.access.check_rpc(caller, rpc)
-            with self.slots.hold(caller.name):
-                yield caller
+        status = "OK"
+        try:
+            with _errors_to_status(context):
+                caller = self.access.identify(context)
+                self.access.check_rpc(caller, rpc)
+                with self.slots.hold(caller.name):
+                    yield caller
+        except BaseException as err:
+            status = _status_name(err, context)
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.rpc(rpc, status)
 
     def _incoming(self, requests, context):
         """A request stream, counted and watched for silence."""

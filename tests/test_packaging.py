@@ -64,3 +64,14 @@ def test_the_installed_package_imports_outside_the_checkout(installed, tmp_path)
     )
 
     assert "No module named 'services'" in result.stderr, result.stderr
+
+
+def test_every_module_of_the_tree_is_installed(installed):
+    """A subpackage left out of pyproject's list (splitnn.nn once was) installs nothing."""
+    trees = {"splitnn": ROOT / "splitnn", "services": ROOT / "services"}
+    trees["orchestrator"] = ROOT / "orchestrator"
+    package = installed / "splitnn"
+    for name, tree in trees.items():
+        base = package if name == "splitnn" else package / name
+        for source in tree.rglob("*.py"):
+            assert (base / source.relative_to(tree)).is_file(), f"{source} not installed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +36,25 @@ _KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+class RetryTally:
+    """Calls retried by this process, by call name (a worker's metrics export them)."""
+
+    def __init__(self):
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, call: str) -> None:
+        with self._lock:
+            self._counts[call] = self._counts.get(call, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+RETRIES = RetryTally()
 
 
 class PeerSettings:
@@ -86,6 +106,7 @@ class PeerSettings:
     def log_retry(self, call: str, details: str, attempt: int) -> None:
         """Say that a call to this worker is tried again: a lost link shows in the log
         when it happens, not only when the retries run out."""
+        RETRIES.add(call)
         log.warning(
             "worker %s: %s lost (UNAVAILABLE: %s); retry %d of %d in %.2fs",
             self.name,
