@@ -1,4 +1,4 @@
-"""`splitnn health ADDRESS`: is a worker up and serving? Also `wait_healthy` for the orchestrator.
+"""`splitnn health ADDRESS...`: are these workers up and serving? Also `wait_healthy` for the orchestrator.
 
 Both ask the standard gRPC health service (`grpc.health.v1.Health/Check`) that
 every worker serves, so any gRPC health probe (grpcurl, grpc_health_probe,
@@ -173,17 +173,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add ``health`` to the main CLI's subparsers."""
     p = subparsers.add_parser(
         "health",
-        help="exit 0 when the worker at ADDRESS answers SERVING (grpc.health.v1)",
-        description="Ask a worker's standard gRPC health service. Exit 0 when it answers "
-        "SERVING, 1 when it does not within the timeout (unreachable, not serving, or no "
-        "health service).",
+        help="exit 0 when the workers at ADDRESS... answer SERVING (grpc.health.v1)",
+        description="Ask workers' standard gRPC health service. Exit 0 when every one "
+        "answers SERVING, 1 when one does not within the timeout (unreachable, not "
+        "serving, or no health service).",
     )
-    p.add_argument("address", metavar="ADDRESS", help="HOST:PORT of a worker")
+    p.add_argument(
+        "addresses", nargs="+", metavar="ADDRESS", help="HOST:PORT of a worker; several: all"
+    )
     p.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
-        help=f"seconds to keep trying (default {DEFAULT_TIMEOUT:g})",
+        help=f"seconds to keep trying, for all together (default {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument(
         "--service",
@@ -219,28 +221,30 @@ def _credentials(args):
 
 
 def run_health(args) -> int:
-    """Run ``health``: one line on stdout when SERVING (exit 0), on stderr otherwise (exit 1)."""
+    """Run ``health``: a line per worker on stdout when all are SERVING (exit 0), a line
+    per unhealthy one on stderr otherwise (exit 1)."""
     what = f" ({args.service})" if args.service else ""
     try:
         credentials, options = _credentials(args)
-        check_health(
-            args.address,
+        wait_healthy(
+            {address: address for address in args.addresses},
             args.timeout,
             credentials,
             service=args.service,
             channel_options=options,
         )
     except HealthError as err:
-        print(
-            f"{PROG}: {args.address}{what} is not healthy after {err.waited:.1f}s: "
-            f"{err.problems[args.address]}",
-            file=sys.stderr,
-        )
+        for address, problem in err.problems.items():
+            print(
+                f"{PROG}: {address}{what} is not healthy after {err.waited:.1f}s: {problem}",
+                file=sys.stderr,
+            )
         return 1
     except (SplitnnError, OSError) as err:  # unreadable or incomplete TLS files
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    print(f"{args.address}{what}: SERVING")
+    for address in args.addresses:
+        print(f"{address}{what}: SERVING")
     return 0
 
 

@@ -64,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="serve PATH (.npz with arrays x and y) as dataset NAME; repeatable",
     )
     p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="serve every DIR/NAME.npz as dataset NAME (a mounted data volume; may be empty)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -203,13 +208,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_datasets(specs: list[str]) -> dict:
-    """The worker's datasets: the built-in toy set plus every NAME=PATH given."""
+def load_datasets(specs: list[str], data_dir: str | None = None) -> dict:
+    """The worker's datasets: the built-in toy set, every NAME=PATH given, and every
+    NAME.npz in `data_dir`."""
     datasets = {TOY_NAME: builtin(TOY_NAME)}
+    named = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise SplitnnError(f"--data expects NAME=PATH, got {spec!r}")
+        named.append((name, path))
+    if data_dir is not None:
+        directory = Path(data_dir)
+        if not directory.is_dir():
+            raise SplitnnError(f"--data-dir {data_dir}: no such directory")
+        named += [(path.stem, str(path)) for path in sorted(directory.glob("*.npz"))]
+    for name, path in named:
+        if name in datasets:
+            raise SplitnnError(f"dataset {name!r} is given twice (or is the built-in one)")
         datasets[name] = load_npz(name, path)
     return datasets
 
@@ -286,7 +302,13 @@ def build(args: argparse.Namespace) -> Worker:
     for spec in getattr(args, "module", []):
         operator_modules.offer(spec)
     autocast = torch.bfloat16 if getattr(args, "precision", "float32") == "bfloat16" else None
-    host = SegmentHost(args.name, load_datasets(args.data), limits, device, autocast)
+    host = SegmentHost(
+        args.name,
+        load_datasets(args.data, getattr(args, "data_dir", None)),
+        limits,
+        device,
+        autocast,
+    )
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)

@@ -126,32 +126,28 @@ class Process:
         return "\n".join(self.lines)
 
 
-class ComposeNetns:
-    """The services of docker-compose.yml, each in a namespace of its own; a context manager.
+class NetnsNetwork:
+    """Hosts in network namespaces of their own on one bridge; a context manager.
 
-    Everything made here (namespaces, veths, bridge, /etc/netns/<ns> dirs, processes) is
-    undone by close(), also after a failure half-way.
+    Each host gets an address in SUBNET and a hosts file naming every host by its name
+    and its `aliases`. Everything made here (namespaces, veths, bridge, /etc/netns/<ns>
+    dirs, processes started with `popen`) is undone by close(), also after a failure
+    half-way.
     """
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, flags_to_drop=()):
-        self.workdir = workdir
-        self.env = dict(env or {})
-        self.compose = load_compose(self.env)
-        self.services: dict[str, dict] = self.compose["services"]
-        self.flags_to_drop = set(flags_to_drop)
+    def __init__(self, hosts, aliases: dict[str, list[str]] | None = None):
+        hosts = list(hosts)
+        self.aliases = {name: list((aliases or {}).get(name, [])) for name in hosts}
         tag = secrets.token_hex(3)
         self.bridge_ns = f"snn-br-{tag}"
-        self.namespaces = {name: f"snn-{name[:8]}-{tag}" for name in self.services}
-        self.addresses = {name: f"{SUBNET}.{10 + i}" for i, name in enumerate(self.services)}
-        self.bridge_ports = {name: f"p{i}-{tag}" for i, name in enumerate(self.services)}
-        self.mounts: dict[str, dict[str, Path]] = {}
+        self.namespaces = {name: f"snn-{name[:8]}-{tag}" for name in hosts}
+        self.addresses = {name: f"{SUBNET}.{10 + i}" for i, name in enumerate(hosts)}
+        self.bridge_ports = {name: f"p{i}-{tag}" for i, name in enumerate(hosts)}
         self.processes: dict[str, Process] = {}
         self._made_ns: list[str] = []
         self._made_etc: list[Path] = []
 
-    # ---- network ---------------------------------------------------------------------
-
-    def __enter__(self) -> ComposeNetns:
+    def __enter__(self):
         try:
             self._make_network()
         except BaseException:
@@ -172,12 +168,14 @@ class ComposeNetns:
         _run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
         hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-        hosts += [f"{addr} {name}" for name, addr in self.addresses.items()]
+        hosts += [
+            " ".join([addr, name, *self.aliases[name]]) for name, addr in self.addresses.items()
+        ]
         for name, ns in self.namespaces.items():
             self._add_ns(ns)
             port = self.bridge_ports[name]
             # Both ends are created inside the bridge namespace, so nothing ever appears
-            # in the root namespace; then one end moves into the service's namespace.
+            # in the root namespace; then one end moves into the host's namespace.
             _run("ip", "-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "eth0")
             _run("ip", "-n", self.bridge_ns, "link", "set", "eth0", "netns", ns)
             _run("ip", "-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
@@ -188,9 +186,62 @@ class ComposeNetns:
             self._made_etc.append(etc)
             (etc / "hosts").write_text("\n".join(hosts) + "\n")
 
-    def cut(self, service: str) -> None:
-        """Unplug a service's cable: its port on the bridge goes down (packets vanish)."""
-        _run("ip", "-n", self.bridge_ns, "link", "set", self.bridge_ports[service], "down")
+    def cut(self, host: str) -> None:
+        """Unplug a host's cable: its port on the bridge goes down (packets vanish)."""
+        _run("ip", "-n", self.bridge_ns, "link", "set", self.bridge_ports[host], "down")
+
+    def popen(self, host: str, argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+        """Start `argv` inside the host's namespace, from the checkout, output collected."""
+        env = {**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
+            env.pop(key, None)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.namespaces[host], *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            **kwargs,
+        )
+
+    def start_process(self, key: str, host: str, argv: list[str], env: dict[str, str]) -> Process:
+        """A long-running process in `host`'s namespace, stopped by close()."""
+        process = Process(key, self.popen(host, argv, env))
+        self.processes[key] = process
+        return process
+
+    def close(self) -> None:
+        """Stop every process started here (by pid), remove namespaces and hosts files."""
+        for process in self.processes.values():
+            if process.popen.poll() is None:
+                process.popen.terminate()
+        for process in self.processes.values():
+            try:
+                process.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait(timeout=10)
+        for ns in reversed(self._made_ns):
+            _run("ip", "netns", "del", ns, check=False)
+        self._made_ns.clear()
+        for etc in self._made_etc:
+            shutil.rmtree(etc, ignore_errors=True)
+        self._made_etc.clear()
+
+
+class ComposeNetns(NetnsNetwork):
+    """The services of docker-compose.yml, each in a namespace of its own."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, flags_to_drop=()):
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.compose = load_compose(self.env)
+        self.services: dict[str, dict] = self.compose["services"]
+        self.flags_to_drop = set(flags_to_drop)
+        self.mounts: dict[str, dict[str, Path]] = {}
+        super().__init__(self.services)
 
     # ---- processes -------------------------------------------------------------------
 
@@ -231,34 +282,16 @@ class ComposeNetns:
             out = CONSOLE_SCRIPTS[out[0]] + out[1:]
         return out
 
-    def _environment(self, name: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(service_environment(self.services[name]))
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(ROOT)
-        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
-            env.pop(key, None)
-        return env
-
     def exec_in(self, name: str, words: list[str], **kwargs) -> subprocess.Popen:
         """Start `words` (a compose command) inside the service's namespace."""
-        cmd = ["ip", "netns", "exec", self.namespaces[name], *self.translate(name, words)]
-        return subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=self._environment(name),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            **kwargs,
-        )
+        env = {**os.environ, **service_environment(self.services[name])}
+        return self.popen(name, self.translate(name, words), env, **kwargs)
 
     def start(self, name: str) -> Process:
         """Run the service's own compose command."""
-        process = Process(name, self.exec_in(name, command_words(self.services[name]["command"])))
-        self.processes[name] = process
-        return process
+        words = self.translate(name, command_words(self.services[name]["command"]))
+        env = {**os.environ, **service_environment(self.services[name])}
+        return self.start_process(name, name, words, env)
 
     def healthy(self, name: str) -> bool:
         """One run of the service's compose healthcheck, inside its namespace."""
@@ -293,21 +326,3 @@ class ComposeNetns:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{dependency} not healthy after {timeout:.0f}s")
                 time.sleep(0.5)
-
-    def close(self) -> None:
-        """Stop every process started here (by pid), remove namespaces and hosts files."""
-        for process in self.processes.values():
-            if process.popen.poll() is None:
-                process.popen.terminate()
-        for process in self.processes.values():
-            try:
-                process.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait(timeout=10)
-        for ns in reversed(self._made_ns):
-            _run("ip", "netns", "del", ns, check=False)
-        self._made_ns.clear()
-        for etc in self._made_etc:
-            shutil.rmtree(etc, ignore_errors=True)
-        self._made_etc.clear()
