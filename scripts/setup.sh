@@ -2,10 +2,35 @@
 # Install splitnn and what it needs on a fresh machine.
 #   bash scripts/setup.sh          # the package (for `splitnn demo`, workers, training)
 #   bash scripts/setup.sh --dev    # plus test tools and the datasets the tests read
+#
+# A system Python that refuses installs into itself (PEP 668: current Debian and
+# Ubuntu) gets a virtual environment, .venv, instead; `splitnn` and `splitnn-worker`
+# are then linked into /usr/local/bin (root) or ~/.local/bin, and scripts/test.sh
+# uses .venv too. PYTHON=... picks the interpreter; an active venv is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 export PIP_ROOT_USER_ACTION=ignore
+source scripts/python.sh
+PY=$(splitnn_python)
+
+link_commands() {  # put the venv's commands where a shell finds them
+  local bin=/usr/local/bin
+  [[ -w $bin ]] || { bin=$HOME/.local/bin; mkdir -p "$bin"; }
+  for cmd in splitnn splitnn-worker; do ln -sf "$PWD/$SPLITNN_VENV/bin/$cmd" "$bin/$cmd"; done
+  echo "setup: splitnn and splitnn-worker linked into $bin"
+  case ":$PATH:" in
+    *":$bin:"*) ;;
+    *) echo "setup: add $bin to PATH (export PATH=\"$bin:\$PATH\") to run them" ;;
+  esac
+}
+
+if [[ $PY == "$SPLITNN_VENV/bin/python" && ! -x $PY ]]; then
+  echo "setup: ${PYTHON:-python3} is externally managed (PEP 668): installing into $SPLITNN_VENV"
+  "${PYTHON:-python3}" -m venv "$SPLITNN_VENV" || {
+    echo "setup: '${PYTHON:-python3} -m venv' failed; install the venv module (apt-get install python3-venv)"
+    exit 1
+  }
+fi
 
 # CPU torch first: an open range would pull a multi-GB CUDA build.
 $PY -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
@@ -35,3 +60,4 @@ if [[ "${1:-}" == "--dev" ]]; then
 else
   $PY -m pip install --quiet --disable-pip-version-check -e .
 fi
+if [[ $PY == "$SPLITNN_VENV/bin/python" ]]; then link_commands; fi

@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-PY=${PYTHON:-python3}
+source scripts/python.sh
+PY=$(splitnn_python)   # .venv where setup.sh made one (PEP 668), else PYTHON/python3
 $PY -m ruff check .
 $PY -m ruff format --check .
 (cd protos && ../.tools/node_modules/.bin/buf lint)   # buf's STANDARD rules (protos/buf.yaml)

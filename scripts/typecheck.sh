@@ -5,7 +5,8 @@
 # report paths as they are in the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/python.sh
+PY=$(splitnn_python)
 export PIP_ROOT_USER_ACTION=ignore
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
