@@ -86,16 +86,22 @@ def run_split(
         return train_config(config, Path(tmp), relay=relay, warm=warm, link=link)
 
 
-def train_config(config, tmp: Path, relay: bool = False, warm=None, link=None) -> dict:
-    """Train a config on local workers (behind link proxies if `link`), after an
-    untimed run of `warm` on the same workers; samples/s over the training itself."""
+def train_config(
+    config, tmp: Path, relay: bool = False, warm=None, link=None, worker_args=()
+) -> dict:
+    """Train a config on local workers (behind link proxies if `link`; each started
+    with `worker_args` too), after an untimed run of `warm` on the same workers;
+    samples/s over the training itself."""
     with contextlib.ExitStack() as stack:
         connect = {"local": True}
-        if link is not None:
-            started = stack.enter_context(LocalStart(config.workers))
-            proxied = stack.enter_context(proxies(started.addresses(), *link))
+        if link is not None or worker_args:
+            flags = {host: list(worker_args) for host in config.workers}
+            started = stack.enter_context(LocalStart(config.workers, worker_args=flags))
+            addresses = started.addresses()
+            if link is not None:
+                addresses = stack.enter_context(proxies(addresses, *link))
             for config_ in (config, warm):
-                for host, address in proxied.items() if config_ is not None else ():
+                for host, address in addresses.items() if config_ is not None else ():
                     config_.workers[host].address = address
             connect = {"local": False, "security": started.security}
         with connected_workers(config, **connect) as clients:

@@ -1,4 +1,4 @@
-"""`splitnn health ADDRESS...`: are these workers up and serving? Also `wait_healthy` for the orchestrator.
+"""`splitnn health ADDRESS...`: are these workers up and serving? And `wait_healthy`.
 
 Both ask the standard gRPC health service (`grpc.health.v1.Health/Check`) that
 every worker serves, so any gRPC health probe (grpcurl, grpc_health_probe,
