@@ -135,14 +135,7 @@ class KubernetesNetns(NetnsNetwork):
         """A gRPC probe as the kubelet asks it: plaintext, the pod's address, the port."""
         address = f"{self.addresses[pod]}:{probe['grpc']['port']}"
         words = CONSOLE_SCRIPTS["splitnn"] + ["health", address, "--timeout", "2"]
-        checker = self.popen(pod, words, dict(os.environ))
-        try:
-            checker.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            checker.kill()
-            checker.communicate()
-            return False
-        return checker.returncode == 0
+        return self.succeeds(self.popen(pod, words, dict(os.environ)))
 
     def start_workers(self, timeout: float = 90.0) -> None:
         """Every site's worker started and ready (its readiness probe passes)."""

@@ -206,6 +206,17 @@ class NetnsNetwork:
             **kwargs,
         )
 
+    @staticmethod
+    def succeeds(check: subprocess.Popen, timeout: float = 30.0) -> bool:
+        """Whether a check (a probe, a healthcheck) exits 0 within `timeout`."""
+        try:
+            check.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            check.kill()
+            check.communicate()
+            return False
+        return check.returncode == 0
+
     def start_process(self, key: str, host: str, argv: list[str], env: dict[str, str]) -> Process:
         """A long-running process in `host`'s namespace, stopped by close()."""
         process = Process(key, self.popen(host, argv, env))
@@ -302,14 +313,7 @@ class ComposeNetns(NetnsNetwork):
             words = ["sh", "-c", test[1]]
         else:
             words = list(test[1:]) if test[0] == "CMD" else list(test)
-        probe = self.exec_in(name, words)
-        try:
-            probe.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            probe.kill()
-            probe.communicate()
-            return False
-        return probe.returncode == 0
+        return self.succeeds(self.exec_in(name, words))
 
     def wait_for_dependencies(self, name: str, timeout: float = 60.0) -> None:
         """What `depends_on: condition: service_healthy` waits for, bounded."""
