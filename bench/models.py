@@ -6,10 +6,12 @@ data. It holds only plain values (strings, ints, floats, tuples), so it pickles 
 spawned processes, and every process that calls :meth:`BenchJob.build_segments` gets the
 same initial weights.
 
-Two jobs are defined:
+The jobs:
 
 * :func:`seed_job` -- the tiny 5-segment chain on 16 rows of toy data.
 * :func:`mnist_mlp_job` -- an MNIST-shaped 784-256-128-10 MLP in 3 segments on synthetic data.
+* :func:`mnist_mlp_5way_job` -- the same MLP in the seed's 5-way layout.
+* :func:`middle_heavy_job` -- a wider MLP whose middle host holds half the arithmetic.
 """
 
 from __future__ import annotations
@@ -201,4 +203,32 @@ def mnist_mlp_5way_job(n_samples: int = 6400) -> BenchJob:
     )
 
 
-JOBS = {"seed": seed_job, "mnist_mlp": mnist_mlp_job, "mnist_mlp_5way": mnist_mlp_5way_job}
+def middle_heavy_job(n_samples: int = 8192) -> BenchJob:
+    """An MNIST-shaped MLP whose middle host, bob, holds about half the arithmetic,
+    at batch 1024: alice 784-1024-256 (1.07M multiply-adds a row) | bob 256-2048-256
+    (1.05M) | alice 256-10. The cuts are 256 wide, so a row moves 4 KiB a step
+    (activation and gradient, each way) for about 13 MFLOP of work."""
+    return BenchJob(
+        name="middle_heavy",
+        segments=(
+            (("Linear", 784, 1024), ("ReLU",), ("Linear", 1024, 256), ("ReLU",)),
+            (("Linear", 256, 2048), ("ReLU",), ("Linear", 2048, 256), ("ReLU",)),
+            (("Linear", 256, 10),),
+        ),
+        placement=("alice", "bob", "alice"),
+        batch_size=1024,
+        loss="cross_entropy",
+        lr=0.01,
+        momentum=0.9,
+        dataset="synthetic_mnist",
+        n_samples=n_samples,
+        data_seed=0,
+    )
+
+
+JOBS = {
+    "seed": seed_job,
+    "mnist_mlp": mnist_mlp_job,
+    "mnist_mlp_5way": mnist_mlp_5way_job,
+    "middle_heavy": middle_heavy_job,
+}

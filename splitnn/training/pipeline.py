@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+from collections import deque
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -274,15 +275,33 @@ class Pipeline:
 
     def _train_step_micro(self, batch_id: int, dataset: str, rows: list[int]):
         """One batch as micro-batches, fill-drain (GPipe): every micro-batch forward
-        through the chain, each stage passing micro-batch m on as soon as its answer
-        comes while it works on m + 1, so that hosts compute at once; then every
-        backward, in the same order; then one step per stage. Each stream carries its
-        ops in order, and every answer is read before the next batch."""
+        through the chain, then every backward in the same order, then one step per
+        stage, so that hosts compute at once.
+
+        The forwards go as a wave: at tick t stage i works on micro-batch t - i, and
+        each tick feeds the later stages first and the first stage last, so that a
+        host that computes in this process (the driving owner's first stage) does so
+        while the next host already has its input, not before. Each stream answers
+        its ops in order; answers are taken by (stage, micro-batch) and kept until
+        wanted, and every answer is read before the next batch."""
         stages, run = self.stages, self.run_id
         parts = split_rows(rows, self.micro_batches)
         scales = [micro_batch_scale(self.loss, len(part), len(rows)) for part in parts]
         train = worker_pb2.FORWARD_MODE_TRAIN
-        last = len(stages) - 1
+        last, count_m = len(stages) - 1, len(parts)
+        sent: dict[str, deque] = {stage.host: deque() for stage in stages}
+        answers: dict[tuple, Reply] = {}
+
+        def submit(key: tuple, i: int, op: Op):
+            sent[stages[i].host].append(key)
+            yield Call.SUBMIT, stages[i].host, op
+
+        def take(key: tuple, i: int):
+            """The answer to the op sent under `key` to stage i's host."""
+            queue = sent[stages[i].host]
+            while key not in answers:
+                answers[queue.popleft()] = yield Call.RECEIVE, stages[i].host, None
+            return answers.pop(key)
 
         def forward(i: int, m: int, tensor) -> Op:
             head = self._forward_head(
@@ -290,23 +309,23 @@ class Pipeline:
             )
             return Op(OpKind.FORWARD, head, tensor)
 
-        for m in range(len(parts)):
-            yield Call.SUBMIT, stages[0].host, forward(0, m, None)
-        for i in range(1, len(stages)):
-            for m in range(len(parts)):
-                reply = yield Call.RECEIVE, stages[i - 1].host, None
-                yield Call.SUBMIT, stages[i].host, forward(i, m, reply.tensor)
+        for tick in range(count_m + last):
+            for i in [*range(1, last + 1), 0]:
+                m = tick - i
+                if 0 <= m < count_m:
+                    tensor = None if i == 0 else (yield from take(("f", i - 1, m), i - 1)).tensor
+                    yield from submit(("f", i, m), i, forward(i, m, tensor))
         loss, correct, count, grads = 0.0, 0, 0, []
-        for m in range(len(parts)):
-            reply = yield Call.RECEIVE, stages[last].host, None
+        for m in range(count_m):
+            reply = yield from take(("f", last, m), last)
             result = reply.message.loss
             loss += result.loss * scales[m]
             correct, count = correct + result.correct, count + result.count
             grads.append(reply.tensor)
         for i in range(last - 1, -1, -1):
-            for m in range(len(parts)):
+            for m in range(count_m):
                 if i < last - 1:
-                    grads[m] = (yield Call.RECEIVE, stages[i + 1].host, None).tensor
+                    grads[m] = (yield from take(("b", i + 1, m), i + 1)).tensor
                 back = worker_pb2.BackwardRequest(
                     run_id=run,
                     segments=stages[i].segments,
@@ -314,7 +333,7 @@ class Pipeline:
                     micro_batch=m,
                     wire=self.wire,
                 )
-                yield Call.SUBMIT, stages[i].host, Op(OpKind.BACKWARD, back, grads[m])
+                yield from submit(("b", i, m), i, Op(OpKind.BACKWARD, back, grads[m]))
         for stage in stages:
             step = worker_pb2.StepRequest(run_id=run, segments=stage.segments, batch_id=batch_id)
             yield Call.SUBMIT, stage.host, Op(OpKind.STEP, step)
