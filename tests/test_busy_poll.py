@@ -105,3 +105,29 @@ def test_worker_flag_sets_the_spin_and_refuses_a_negative_one(capsys):
     with pytest.raises(SystemExit):
         parse_args([*base, "--busy-poll-us", "-5"])
     assert "--busy-poll-us must be at least 0" in capsys.readouterr().err
+
+
+def test_the_spin_sheds_after_long_waits_and_comes_back_after_short_ones():
+    selector = busy_poll.SpinningSelector(0.002)
+    reader, writer = socket.socketpair()
+    try:
+        selector.register(reader, busy_poll.selectors.EVENT_READ)
+        budgets = []
+        for _ in range(6):  # answers 20 ms away: each outlasts the spin
+            threading.Timer(0.02, writer.send, (b"x",)).start()
+            selector.select(None)
+            reader.recv(1)
+            budgets.append(selector.budget)
+        assert budgets == [0.001, 0.0005, 0.00025, 0.000125, 0.0, 0.0]
+        cpu = time.thread_time()  # no spin left: a long wait costs no CPU
+        threading.Timer(0.2, writer.send, (b"x",)).start()
+        selector.select(None)
+        reader.recv(1)
+        assert time.thread_time() - cpu < 0.05
+        writer.send(b"x")  # an answer already there: a short wait gives the spin back
+        selector.select(None)
+        assert selector.budget == 0.002
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()

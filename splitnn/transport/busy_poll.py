@@ -11,6 +11,12 @@ the core, so that when workers share a machine with fewer cores than processes
 (the benchmark's three workers on two cores), the peer it waits for is not kept
 off the core by its own caller (MLP 5-way: 1.23x -> 1.35x of torch rpc in an
 interleaved A/B of 5 rounds; owner | bob | owner 1.22x -> 1.20x).
+
+The spin adapts to the waits it sees: a wait that outlasts the whole spin (a peer
+computing a big batch for tens of milliseconds) halves the next spin, down to
+none, and a wait shorter than the full spin gives it back. Large-batch jobs on a
+machine with fewer cores than processes then stop burning a core their peer
+needs, and small ones keep polling.
 """
 
 from __future__ import annotations
@@ -23,25 +29,39 @@ import time
 DEFAULT_SPIN_SECONDS = 0.002
 
 
+# A spin halved below this share of the full one stops: the loop then sleeps at once.
+MIN_SPIN_SHARE = 1 / 16
+
+
 class SpinningSelector(selectors.DefaultSelector):
-    """A selector whose blocking select first polls for up to `spin_seconds`."""
+    """A selector whose blocking select first polls for up to `spin_seconds`, less
+    after waits that outlasted the spin (see the module's docstring)."""
 
     def __init__(self, spin_seconds: float):
         super().__init__()
-        self.spin_seconds = spin_seconds
+        self.spin_seconds = spin_seconds  # the full spin (Quiet sets it to 0 for a while)
+        self.budget = spin_seconds  # this wait's spin
 
     def select(self, timeout: float | None = None):
         if timeout is not None and timeout <= 0:
             return super().select(0)
-        spin = self.spin_seconds if timeout is None else min(self.spin_seconds, timeout)
+        budget = min(self.budget, self.spin_seconds)
+        spin = budget if timeout is None else min(budget, timeout)
         start = time.perf_counter()
         while not (ready := super().select(0)) and time.perf_counter() - start < spin:
             os.sched_yield()  # a peer process on this core gets it at once
-        if ready:
-            return ready
-        if timeout is not None:
-            timeout = max(0.0, timeout - (time.perf_counter() - start))
-        return super().select(timeout)
+        if not ready:
+            rest = None if timeout is None else max(0.0, timeout - (time.perf_counter() - start))
+            ready = super().select(rest)
+        if ready:  # a wait for work (not a timer's timeout): adapt the next spin
+            waited = time.perf_counter() - start
+            if waited < self.spin_seconds:
+                self.budget = self.spin_seconds
+            elif budget > self.spin_seconds * MIN_SPIN_SHARE:
+                self.budget = budget / 2
+            else:
+                self.budget = 0.0
+        return ready
 
 
 class Quiet:
