@@ -44,7 +44,10 @@ def measure(steps: int, repeats: int, names=JOB_NAMES) -> dict[tuple[str, str], 
         for (name, mode), run in runs.items():
             figure = run()["samples_per_s"]
             figures[(name, mode)].append(figure)
-            print(f"  run {repeat + 1}/{repeats} {name:<13} {mode:<26} {figure:>9.0f}", file=sys.stderr)
+            print(
+                f"  run {repeat + 1}/{repeats} {name:<13} {mode:<26} {figure:>9.0f}",
+                file=sys.stderr,
+            )
     return figures
 
 

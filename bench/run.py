@@ -1,9 +1,11 @@
 """Training throughput of splitnn next to one process and torch.distributed.rpc.
 
-    python -m bench.run [--steps N] [--repeats R] [--out bench/results.json]
+    python -m bench.run [--steps N] [--repeats R] [--large-steps N] [--out bench/results.json]
 
 All figures come from one run on one machine and are compared as ratios.
-Every mode uses one torch thread per process.
+Every mode uses one torch thread per process. A second table (bench.micro) puts
+two owner | bob | owner jobs at batch 1024 against one process, with 1, 2 and 4
+micro-batches; --large-steps 0 leaves it out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench import micro
 from bench.baselines import run_local, run_rpc
 from bench.models import mnist_mlp_5way_job, mnist_mlp_job, seed_job
 from bench.split_grpc import run_split
@@ -76,12 +79,25 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--large-steps", type=int, default=32, help="steps of the batch-1024 runs (0: none)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write figures as JSON")
     args = parser.parse_args(argv)
     rows = measure(args.steps, args.repeats)
     print(format_table(rows))
+    large = micro.measure(args.large_steps, args.repeats) if args.large_steps else {}
+    if large:
+        print()
+        print(micro.format_table(large))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        figures = {
+            "jobs": rows,
+            "batch_1024": [
+                {"job": job, "mode": mode, "runs": runs} for (job, mode), runs in large.items()
+            ],
+        }
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
