@@ -212,6 +212,7 @@ def train(
     token_file=None,
     show_progress=False,
     input_shape=None,
+    tensorboard=None,
     **options,
 ) -> nn.Sequential:
     """Train the segments split across hosts; returns nn.Sequential of the trained
@@ -220,7 +221,8 @@ def train(
     hosts run as local worker processes holding each owner's arrays, stopped
     afterwards; with `workers={"alice": "host:port", ...}` the running ones are used
     (then `data` names the dataset each owner's worker serves). `out`: a directory
-    for the run's files (model.safetensors, metrics.jsonl, curves.png...)."""
+    for the run's files (model.safetensors, metrics.jsonl, curves.png...);
+    `tensorboard`: a directory for TensorBoard event files of the run's curves."""
     from splitnn.orchestrator.run import train as run_training
     from splitnn.security.policy import Security
 
@@ -241,8 +243,18 @@ def train(
             **options,
         )
         out_dir = Path(out) if out is not None else Path(tmp) / "out"
+        sinks = []
+        if tensorboard is not None:
+            from splitnn.orchestrator.metric_sinks import TensorBoardLog
+
+            sinks.append(TensorBoardLog(Path(tensorboard)))
         run_training(
-            config, out_dir, local=workers is None, show_progress=show_progress, security=security
+            config,
+            out_dir,
+            local=workers is None,
+            show_progress=show_progress,
+            security=security,
+            sinks=sinks,
         )
         return _trained(segments, out_dir / "model.safetensors")
 

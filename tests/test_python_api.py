@@ -104,6 +104,7 @@ def test_train_equals_one_process_with_adam_and_two_owners(tmp_path):
         loss="cross_entropy",
         optimizer={"name": "adam", "lr": 0.01},
         out=tmp_path / "out",
+        tensorboard=tmp_path / "tb",
     )
     config = build_config(
         _segments(),
@@ -127,6 +128,7 @@ def test_train_equals_one_process_with_adam_and_two_owners(tmp_path):
         <= 1e-5
     )
     assert (tmp_path / "out" / "metrics.jsonl").is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
     # The caller's segments are left as they were.
     assert torch.equal(segments[2].weight, _segments()[2].weight)
 
