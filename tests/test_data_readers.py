@@ -605,3 +605,23 @@ def test_csv_errors(tmp_path, text, message):
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(DataError, match=message):
         load_csv(tmp_path / "bad.csv")
+
+
+def test_a_worker_serves_every_npz_of_its_data_dir(tmp_path):
+    from splitnn.errors import SplitnnError
+    from splitnn.services.server import load_datasets
+
+    x, y = np.zeros((5, 3), np.float32), np.arange(5)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:2], y=y[:2])
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    datasets = load_datasets([], str(tmp_path))
+    assert sorted(datasets) == ["test", "toy", "train"]
+    assert datasets["train"].rows == 5 and datasets["test"].rows == 2
+    with pytest.raises(SplitnnError, match="no such directory"):
+        load_datasets([], str(tmp_path / "missing"))
+    with pytest.raises(SplitnnError, match="given twice"):
+        load_datasets([f"train={tmp_path / 'train.npz'}"], str(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sorted(load_datasets([], str(empty))) == ["toy"]
