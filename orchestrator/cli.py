@@ -118,7 +118,10 @@ def _cmd_evaluate(args) -> int:
         acc = metrics["test_accuracy"]
         acc_text = f"{acc:.2%}" if acc is not None else "-"
         if args.log_format == "json":
-            log.info(f"{owner} test loss {metrics['test_loss']:.6g}", extra={"fields": metrics})
+            log.info(
+                f"{owner} test loss {metrics['test_loss']:.6g}",
+                extra={"fields": {"owner": owner, **metrics}},
+            )
         else:
             print(f"{owner:<10} {metrics['test_loss']:>10.5f} {acc_text:>9}")
     if args.out:
