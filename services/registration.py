@@ -15,6 +15,7 @@ from google.protobuf import message_factory
 
 from splitnn.errors import InvalidArgument
 from splitnn.v1 import worker_pb2
+from splitnn.wire import lift
 
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"]
 
@@ -33,10 +34,16 @@ class Malformed:
         self.reason = f"the request is not a valid {type_name} message: {error}"
 
 
-def _parser(message_class):
+# Requests that carry tensors: their chunks' bytes are lifted out (splitnn.wire.lift).
+TENSOR_METHODS = {"Exchange", "Forward", "Backward"}
+
+
+def _parser(message_class, lifting: bool = False):
+    read = lift.Parser(message_class) if lifting else message_class.FromString
+
     def parse(data: bytes):
         try:
-            return message_class.FromString(data)
+            return read(data)
         except Exception as err:  # DecodeError, or anything else bytes from afar provoke
             return Malformed(message_class.DESCRIPTOR.full_name, err)
 
@@ -80,7 +87,7 @@ def add_worker_service(servicer, server) -> None:
         make_handler = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make_handler(
             wrap(behavior),
-            request_deserializer=_parser(request_class),
+            request_deserializer=_parser(request_class, method.name in TENSOR_METHODS),
             response_serializer=response_class.SerializeToString,
         )
     server.add_generic_rpc_handlers(

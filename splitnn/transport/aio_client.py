@@ -21,9 +21,11 @@ from splitnn.transport import channels
 from splitnn.transport.client import _KEEPALIVE, PeerSettings
 from splitnn.transport.stream import AsyncOrderedStream
 from splitnn.v1 import worker_pb2
+from splitnn.wire import lift
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
+_PARSE_RESPONSE = lift.Parser(worker_pb2.ExchangeResponse)  # tensor bytes lifted out
 # Pings every 2 s instead of 10: a link to a peer that dies without a reset is found
 # by pings alone, and the whole chain waits on it.
 _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
@@ -57,7 +59,7 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
 
     def _parse(self, data: bytes):
         self.bytes_received += len(data)
-        return worker_pb2.ExchangeResponse.FromString(data)
+        return _PARSE_RESPONSE(data)
 
     async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""

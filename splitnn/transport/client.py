@@ -24,7 +24,7 @@ from splitnn.transport.channels import create_channel
 from splitnn.transport.stream import OrderedStream
 from splitnn.transport.watchdog import Watchdog
 from splitnn.v1 import worker_pb2, worker_pb2_grpc
-from splitnn.wire import codec
+from splitnn.wire import codec, lift
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 log = logging.getLogger("splitnn.transport.client")
@@ -129,6 +129,12 @@ class WorkerClient(PeerSettings, OrderedStream):
             address, credentials, list(_KEEPALIVE) + list(channel_options)
         )
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
+        # The training stream, its answers' tensor bytes lifted out (splitnn.wire.lift).
+        self._exchange = self.channel.stream_stream(
+            "/splitnn.v1.WorkerService/Exchange",
+            request_serializer=worker_pb2.ExchangeRequest.SerializeToString,
+            response_deserializer=lift.Parser(worker_pb2.ExchangeResponse),
+        )
         self._requests: queue.SimpleQueue | None = None
         self._responses: Any = None  # the Exchange call's response iterator
         self._pending: deque = deque()
@@ -276,9 +282,7 @@ class WorkerClient(PeerSettings, OrderedStream):
             self._close_stream()
         if self._requests is None or self._responses is None:
             self._requests = queue.SimpleQueue()
-            self._responses = self.stub.Exchange(
-                iter(self._requests.get, None), metadata=self.metadata
-            )
+            self._responses = self._exchange(iter(self._requests.get, None), metadata=self.metadata)
         return self._requests
 
     def submit(self, op: Op) -> None:

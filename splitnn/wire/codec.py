@@ -140,8 +140,11 @@ class TensorAssembler:
         self._filled = 0
         self._next = 0
 
-    def add(self, chunk) -> torch.Tensor | None:
-        """Take the next chunk; return the tensor once the last chunk is in."""
+    def add(self, chunk, data=None) -> torch.Tensor | None:
+        """Take the next chunk; return the tensor once the last chunk is in. `data`:
+        the chunk's bytes where they were lifted out of it (splitnn.wire.lift)."""
+        if data is None:
+            data = chunk.data
         if self._first is None:
             if chunk.index != 0:
                 raise InvalidArgument(f"tensor chunk {chunk.index} arrived before chunk 0")
@@ -155,7 +158,7 @@ class TensorAssembler:
             if chunk.widen_to:  # the widened tensor counts against the limit too
                 expected_nbytes(torch_dtype(chunk.widen_to), chunk.shape, self.max_bytes)
             if chunk.count == 1:
-                return self._widened(_single_chunk(chunk, dtype, nbytes))
+                return self._widened(_single_chunk(chunk, dtype, nbytes, data))
             self._first = (dtype, tuple(chunk.shape), chunk.count, nbytes)
             self._buffer = torch.empty(nbytes, dtype=torch.uint8)
             self._view = self._buffer.numpy().data
@@ -172,7 +175,6 @@ class TensorAssembler:
                 raise InvalidArgument("tensor chunks disagree on dtype, shape or count")
         assert self._first is not None and self._view is not None
         dtype, shape, count, nbytes = self._first
-        data = chunk.data
         end = self._filled + len(data)
         if end > nbytes:
             raise InvalidArgument(f"tensor chunks carry more than the {nbytes} bytes declared")
@@ -197,8 +199,7 @@ class TensorAssembler:
         return compress.widen(tensor, torch_dtype(widen_to), row_scales)
 
 
-def _single_chunk(chunk, dtype: torch.dtype, nbytes: int) -> torch.Tensor:
-    data = chunk.data
+def _single_chunk(chunk, dtype: torch.dtype, nbytes: int, data) -> torch.Tensor:
     if len(data) != nbytes:
         raise InvalidArgument(
             f"tensor of dtype {dtype} and shape {list(chunk.shape)} needs {nbytes} bytes, "

@@ -41,7 +41,7 @@ import torch
 
 from splitnn.errors import InvalidArgument
 from splitnn.v1 import worker_pb2
-from splitnn.wire import codec
+from splitnn.wire import codec, lift
 
 
 class OpKind(enum.Enum):
@@ -156,22 +156,26 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
     return messages
 
 
-def unwrap_exchange(message: worker_pb2.ExchangeRequest) -> OpHead:
-    """The op head inside an ExchangeRequest."""
+def unwrap_exchange(item):
+    """The op head inside a received ExchangeRequest (a Lifted one: the head, lifted)."""
+    message, data = lift.split(item)
     which = message.WhichOneof("op")
     if which is None:
         raise InvalidArgument("Exchange message carries no op")
-    return getattr(message, which)
+    head = getattr(message, which)
+    return head if data is None else lift.Lifted(head, data)
 
 
 def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) -> Iterator[Op]:
     """Group a stream of op head messages into whole Ops, assembling chunked tensors.
     `heads` are ForwardRequests, BackwardRequests or StepRequests (unwrapped from an
-    Exchange stream, or a Forward / Backward stream of one `kind`). A tensor cut
-    into n chunks arrives as n messages of the same kind, the first with every field."""
+    Exchange stream, or a Forward / Backward stream of one `kind`), each maybe Lifted
+    (splitnn.wire.lift). A tensor cut into n chunks arrives as n messages of the same
+    kind, the first with every field."""
     current: Op | None = None
     field, assembler = "", codec.TensorAssembler(max_bytes)
-    for head in heads:
+    for item in heads:
+        head, data = lift.split(item)
         op_kind = kind or kind_of(head)
         if current is None:
             tensor_field = _REQUEST_TENSOR[op_kind]
@@ -181,7 +185,11 @@ def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) 
             current, field = Op(op_kind, head), tensor_field
         elif op_kind is not current.kind or not head.HasField(field):
             raise InvalidArgument("a new op arrived before the previous tensor's last chunk")
-        tensor = assembler.add(getattr(head, field))
+        chunk = getattr(head, field)
+        if data is None:  # not lifted: the head holds no tensor bytes either way
+            data = chunk.data
+            chunk.ClearField("data")
+        tensor = assembler.add(chunk, data)
         if tensor is not None:
             yield Op(current.kind, current.head, tensor)
             current = None
@@ -225,9 +233,10 @@ class ReplyAssembler:
         self._head: ReplyHead | None = None
         self._tensor = codec.TensorAssembler()
 
-    def add(self, message) -> Reply | None:
+    def add(self, item) -> Reply | None:
         """Take the next response message (an ExchangeResponse or a bare response
-        head); the Reply once the op's answer is whole."""
+        head, maybe Lifted); the Reply once the op's answer is whole."""
+        message, data = lift.split(item)
         if isinstance(message, worker_pb2.ExchangeResponse):
             which = message.WhichOneof("result")
             if which != self.kind.value:
@@ -238,5 +247,5 @@ class ReplyAssembler:
         field = next((f for f in _REPLY_TENSORS[self.kind] if message.HasField(f)), None)
         if field is None:
             return Reply(self._head, None)
-        tensor = self._tensor.add(getattr(message, field))
+        tensor = self._tensor.add(getattr(message, field), data)
         return None if tensor is None else Reply(self._head, tensor)
