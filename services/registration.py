@@ -34,7 +34,8 @@ class Malformed:
         self.reason = f"the request is not a valid {type_name} message: {error}"
 
 
-# Requests that carry tensors: their chunks' bytes are lifted out (splitnn.wire.lift).
+# Methods whose messages carry tensors: their chunks' bytes are lifted out of
+# requests and framed into answers (splitnn.wire.lift).
 TENSOR_METHODS = {"Exchange", "Forward", "Backward"}
 
 
@@ -88,7 +89,11 @@ def add_worker_service(servicer, server) -> None:
         handlers[method.name] = make_handler(
             wrap(behavior),
             request_deserializer=_parser(request_class, method.name in TENSOR_METHODS),
-            response_serializer=response_class.SerializeToString,
+            response_serializer=(
+                lift.Framer(response_class)
+                if method.name in TENSOR_METHODS
+                else response_class.SerializeToString
+            ),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)

@@ -251,7 +251,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             answer = ops.apply(self.host, op, chain=self.chain)
             try:
                 wire = getattr(op.head, "wire", 0)
-                replies = reply_to_proto(op.kind, answer, self.chunk_bytes, kind is None, wire)
+                replies = reply_to_proto(
+                    op.kind, answer, self.chunk_bytes, kind is None, wire, framed=True
+                )
                 for message in replies:
                     self.bytes_sent += message.ByteSize()
                     yield message

@@ -26,6 +26,7 @@ from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
 _PARSE_RESPONSE = lift.Parser(worker_pb2.ExchangeResponse)  # tensor bytes lifted out
+_FRAME_REQUEST = lift.Framer(worker_pb2.ExchangeRequest)  # and framed in
 # Pings every 2 s instead of 10: a link to a peer that dies without a reset is found
 # by pings alone, and the whole chain waits on it.
 _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
@@ -53,7 +54,7 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
         self._pending: deque = deque()
 
     def _serialize(self, message) -> bytes:
-        data = message.SerializeToString()
+        data = _FRAME_REQUEST(message)
         self.bytes_sent += len(data)
         return data
 
@@ -63,7 +64,7 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
 
     async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""
-        messages = op_to_proto(op, self.chunk_bytes)
+        messages = op_to_proto(op, self.chunk_bytes, framed=True)
         if not self._pending and self._call is not None and self._call.done():
             self._end_stream()  # the worker closed it while idle (--idle-timeout-s)
         self._pending.append((op.kind, messages))

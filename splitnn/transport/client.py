@@ -129,10 +129,11 @@ class WorkerClient(PeerSettings, OrderedStream):
             address, credentials, list(_KEEPALIVE) + list(channel_options)
         )
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
-        # The training stream, its answers' tensor bytes lifted out (splitnn.wire.lift).
+        # The training stream: tensor bytes framed into requests and lifted out of
+        # answers (splitnn.wire.lift).
         self._exchange = self.channel.stream_stream(
             "/splitnn.v1.WorkerService/Exchange",
-            request_serializer=worker_pb2.ExchangeRequest.SerializeToString,
+            request_serializer=lift.Framer(worker_pb2.ExchangeRequest),
             response_deserializer=lift.Parser(worker_pb2.ExchangeResponse),
         )
         self._requests: queue.SimpleQueue | None = None
@@ -288,7 +289,7 @@ class WorkerClient(PeerSettings, OrderedStream):
     def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step) on the stream; answers come in order."""
         requests = self._ensure_stream()
-        messages = op_to_proto(op, self.chunk_bytes)
+        messages = op_to_proto(op, self.chunk_bytes, framed=True)
         for message in messages:
             self.bytes_sent += message.ByteSize()
             requests.put(message)

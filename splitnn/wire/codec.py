@@ -76,7 +76,8 @@ def chunk_fillers(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, 
     """One function per TensorChunk of a tensor, each filling a chunk message in place
     (one inside an op's message, say: no copy of a built chunk into it), of at most
     `chunk_bytes` of data; a float tensor narrowed first for a `wire` format other than
-    0 (splitnn.wire.compress)."""
+    0 (splitnn.wire.compress). `fill(chunk, data=False)` leaves the chunk's bytes out
+    and returns them, a view of the tensor's memory (framed by splitnn.wire.lift)."""
     sent, row_scales = compress.narrow(tensor, wire)
     widen_to = wire_dtype(tensor.dtype) if sent.dtype != tensor.dtype else 0
     dtype = wire_dtype(sent.dtype)
@@ -85,14 +86,18 @@ def chunk_fillers(tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, 
     count = max(1, math.ceil(len(raw) / chunk_bytes))
 
     def filler(i: int):
-        def fill(chunk) -> None:
+        def fill(chunk, data: bool = True) -> memoryview | None:
             chunk.dtype, chunk.index, chunk.count = dtype, i, count
             chunk.shape.extend(shape)
-            chunk.data = raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes()
+            piece = raw[i * chunk_bytes : (i + 1) * chunk_bytes]
             if widen_to:
                 chunk.widen_to = widen_to
                 if i == 0 and row_scales is not None:
                     chunk.row_scales = row_scales
+            if not data:
+                return piece
+            chunk.data = piece.tobytes()
+            return None
 
         return fill
 

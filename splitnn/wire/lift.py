@@ -1,4 +1,5 @@
-"""Parse a received message without copying its tensor bytes twice more.
+"""Tensor bytes beside their messages, both ways: received ones not copied twice
+more, sent ones not copied three times.
 
 protobuf's parse copies a bytes field into the message, and reading the field
 copies it again into a new bytes object: two copies of every tensor chunk that
@@ -9,6 +10,11 @@ a small copy without the chunk's `data`, and hands `data` over as a view of the
 received bytes (`Lifted`). Whatever does not fit that shape exactly (no chunk,
 a field of the path given twice, bytes that do not parse as wire format) is left
 to protobuf's own parse, which also gives malformed input its usual error.
+
+On the way out, a chunk's bytes copied into a message, serialized with it and
+copied again by gRPC are three copies. `Framed` keeps them beside the message,
+and `Framer` serializes the message without them and writes them into the
+chunk's place: one join, then gRPC's own copy.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ class Lifted:
 
     message: object
     data: memoryview
+    size: int  # bytes of the message as received
 
     def ByteSize(self) -> int:  # noqa: N802  (as a message's, for byte counts)
-        return self.message.ByteSize() + len(self.data)
+        return self.size
 
 
 def _paths(descriptor: Descriptor, depth: int = 0) -> dict:
@@ -155,7 +162,8 @@ class Parser:
         if lifted is None:
             return self.message_class.FromString(raw)
         small, (start, end) = lifted
-        return Lifted(self.message_class.FromString(small), memoryview(raw)[start:end])
+        message = self.message_class.FromString(small)
+        return Lifted(message, memoryview(raw)[start:end], len(raw))
 
 
 def split(item) -> tuple[object, memoryview | None]:
@@ -163,3 +171,49 @@ def split(item) -> tuple[object, memoryview | None]:
     if isinstance(item, Lifted):
         return item.message, item.data
     return item, None
+
+
+@dataclass(slots=True)
+class Framed:
+    """A message to send whose one TensorChunk's bytes are `data`, not in it."""
+
+    message: object
+    data: memoryview
+
+    def ByteSize(self) -> int:  # noqa: N802  (as a message's, for byte counts)
+        # The data, its tag and length, and a byte of growth per enclosing length.
+        n = len(self.data)
+        return self.message.ByteSize() + n + 1 + len(_encode_varint(n)) + _MAX_DEPTH
+
+
+def _insert(buf, start: int, end: int, tree: dict | None, data) -> list | None:
+    """This level's pieces with the data written into its chunk; None: no chunk."""
+    if tree is None:
+        tag = _encode_varint((_DATA << 3) | _LENGTH_DELIMITED)
+        return [buf[start:end], tag, _encode_varint(len(data)), data]
+    for number, wire, tag_start, value_start, value_end in _fields(buf, start, end):
+        if number in tree and wire == _LENGTH_DELIMITED:
+            inner = _insert(buf, value_start, value_end, tree[number][0], data)
+            if inner is None:
+                return None
+            size = sum(len(piece) for piece in inner)
+            tag = _encode_varint((number << 3) | _LENGTH_DELIMITED)
+            return [buf[start:tag_start], tag, _encode_varint(size), *inner, buf[value_end:end]]
+    return None
+
+
+class Framer:
+    """Serializes `message_class` messages, and Framed ones with their data in place."""
+
+    def __init__(self, message_class):
+        self.message_class = message_class
+        self.tree = _paths(message_class.DESCRIPTOR)
+
+    def __call__(self, item) -> bytes:
+        if not isinstance(item, Framed):
+            return item.SerializeToString()
+        small = memoryview(item.message.SerializeToString())
+        pieces = _insert(small, 0, len(small), self.tree, item.data)
+        if pieces is None:  # no chunk in the message (not built by ops): put the data in
+            raise ValueError("a Framed message without a TensorChunk")
+        return b"".join(pieces)

@@ -133,9 +133,11 @@ def op_key(kind: OpKind, head: OpHead) -> OpKey:
 # ---- ops: sender -> worker ---------------------------------------------------------
 
 
-def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
+def op_to_proto(op: Op, chunk_bytes: int, framed: bool = False) -> list:
     """The ExchangeRequests of one op: the head with the tensor's first chunk, then one
-    message per further chunk. Filled in place: the tensor's bytes are copied once."""
+    message per further chunk. Filled in place: the tensor's bytes are copied once.
+    `framed`: a chunk's bytes stay beside its message (lift.Framed), to be written
+    after it by lift.Framer, which copies them once on the way out."""
     field = _REQUEST_TENSOR[op.kind]
     if op.tensor is not None and field is None:
         raise InvalidArgument(f"a {op.kind.value} op carries no tensor")
@@ -151,8 +153,11 @@ def op_to_proto(op: Op, chunk_bytes: int) -> list[worker_pb2.ExchangeRequest]:
         part = getattr(message, op.kind.value)
         if i == 0:
             part.CopyFrom(op.head)
-        fill(getattr(part, field))  # the chunk's bytes go straight into the message
-        messages.append(message)
+        if framed:
+            messages.append(lift.Framed(message, fill(getattr(part, field), data=False)))
+        else:
+            fill(getattr(part, field))  # the chunk's bytes go straight into the message
+            messages.append(message)
     return messages
 
 
@@ -163,7 +168,7 @@ def unwrap_exchange(item):
     if which is None:
         raise InvalidArgument("Exchange message carries no op")
     head = getattr(message, which)
-    return head if data is None else lift.Lifted(head, data)
+    return head if data is None else lift.Lifted(head, data, item.size)
 
 
 def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) -> Iterator[Op]:
@@ -201,12 +206,18 @@ def ops_from_proto(heads: Iterable, max_bytes: int, kind: OpKind | None = None) 
 
 
 def reply_to_proto(
-    kind: OpKind, answer: Answer, chunk_bytes: int, exchange: bool = True, wire: int = 0
+    kind: OpKind,
+    answer: Answer,
+    chunk_bytes: int,
+    exchange: bool = True,
+    wire: int = 0,
+    framed: bool = False,
 ) -> Iterator:
     """Response messages for an answered op: the head, then the tensor in chunks; with
     `exchange`, each inside an ExchangeResponse under the op's kind. Built in place, so
     the head (which the replay cache may hold) is never modified and the tensor's bytes
-    are copied once. `wire`: the op's WireFormat, which its answer travels in too."""
+    are copied once. `wire`: the op's WireFormat, which its answer travels in too;
+    `framed`: as op_to_proto's."""
     head, tensor = answer.head, answer.tensor
     fillers: list = [None] if tensor is None else codec.chunk_fillers(tensor, chunk_bytes, wire)
     for i, fill in enumerate(fillers):
@@ -220,9 +231,13 @@ def reply_to_proto(
             part.CopyFrom(head)
         else:
             part.batch_id = head.batch_id
-        if fill is not None:
+        if fill is None:
+            yield message
+        elif framed:
+            yield lift.Framed(message, fill(getattr(part, answer.field), data=False))
+        else:
             fill(getattr(part, answer.field))
-        yield message
+            yield message
 
 
 class ReplyAssembler:
