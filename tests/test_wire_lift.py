@@ -10,12 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitnn.v1 import worker_pb2
-from splitnn.wire import codec
-from splitnn.wire.lift import Lifted, Parser
+from splitnn.wire import codec, lift
+from splitnn.wire.lift import Framed, Framer, Lifted, Parser
 from splitnn.wire.ops import Answer, Op, OpKind, op_to_proto, reply_to_proto
 
 REQUESTS = Parser(worker_pb2.ExchangeRequest)
 RESPONSES = Parser(worker_pb2.ExchangeResponse)
+
+
+@pytest.fixture(autouse=True)
+def small_chunks_lifted_too(monkeypatch):
+    """These tests use small messages: lift and frame them as large ones are."""
+    monkeypatch.setattr(lift, "MIN_BYTES", 0)
 
 
 def _restored(item, message_class):
@@ -33,10 +39,13 @@ def _restored(item, message_class):
     return whole
 
 
+def _head():
+    return worker_pb2.ForwardRequest(run_id="r", segments=[1, 2], batch_id=9, micro_batch=1)
+
+
 def _request_messages(rows=300, chunk_bytes=4096):
     tensor = torch.arange(rows * 7, dtype=torch.float32).reshape(rows, 7)
-    head = worker_pb2.ForwardRequest(run_id="r", segments=[1, 2], batch_id=9, micro_batch=1)
-    return op_to_proto(Op(OpKind.FORWARD, head, tensor), chunk_bytes), tensor
+    return op_to_proto(Op(OpKind.FORWARD, _head(), tensor), chunk_bytes), tensor
 
 
 def test_every_chunk_is_lifted_and_restores_to_the_message_sent():
@@ -102,3 +111,31 @@ def test_damaged_bytes_parse_as_protobuf_parses_them_or_fail_as_it_does(data):
             REQUESTS(raw)
         return
     assert _restored(REQUESTS(raw), worker_pb2.ExchangeRequest) == expected
+
+
+def test_framed_requests_and_answers_serialize_to_the_plain_messages():
+    messages, tensor = _request_messages()
+    framed = op_to_proto(Op(OpKind.FORWARD, _head(), tensor), 4096, framed=True)
+    frame = Framer(worker_pb2.ExchangeRequest)
+    for plain, item in zip(messages, framed, strict=True):
+        assert isinstance(item, Framed)
+        raw = frame(item)
+        assert worker_pb2.ExchangeRequest.FromString(raw) == plain
+        assert abs(item.ByteSize() - len(raw)) <= 8
+        assert isinstance(REQUESTS(raw), Lifted)
+    answer = Answer(worker_pb2.ForwardResponse(batch_id=2), torch.randn(50, 9), "output")
+    frame = Framer(worker_pb2.ForwardResponse)
+    plain = list(reply_to_proto(OpKind.FORWARD, answer, 1024, exchange=False))
+    framed = list(reply_to_proto(OpKind.FORWARD, answer, 1024, exchange=False, framed=True))
+    for a, b in zip(plain, framed, strict=True):
+        assert worker_pb2.ForwardResponse.FromString(frame(b)) == a
+
+
+def test_small_tensors_travel_inside_their_messages(monkeypatch):
+    monkeypatch.setattr(lift, "MIN_BYTES", 32 << 10)
+    small = torch.zeros(10, 7)  # 280 bytes
+    (item,) = op_to_proto(Op(OpKind.FORWARD, _head(), small), 1 << 20, framed=True)
+    assert not isinstance(item, Framed) and len(item.forward.input.data) == 280
+    assert not isinstance(REQUESTS(item.SerializeToString()), Lifted)
+    large = op_to_proto(Op(OpKind.FORWARD, _head(), torch.zeros(4096, 8)), 1 << 20, framed=True)
+    assert isinstance(large[0], Framed)

@@ -20,6 +20,7 @@ chunk's place: one join, then gRPC's own copy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -29,13 +30,16 @@ _CHUNK = tensor_pb2.TensorChunk.DESCRIPTOR
 _DATA = _CHUNK.fields_by_name["data"].number
 _LENGTH_DELIMITED = 2
 _MAX_DEPTH = 4
+# Below this many bytes, protobuf's copies cost less than walking the message in
+# Python: small tensors (the seed job's) travel inside their messages as before.
+MIN_BYTES = 32 << 10
 
 
 @dataclass(slots=True)
 class Lifted:
     """A received message whose one TensorChunk's `data` is `data`, not in it."""
 
-    message: object
+    message: Any
     data: memoryview
     size: int  # bytes of the message as received
 
@@ -58,7 +62,7 @@ def _paths(descriptor: Descriptor, depth: int = 0) -> dict:
         if field.message_type is _CHUNK:
             tree[field.number] = (None, siblings)
         else:
-            below = _paths(field.message_type, depth + 1)
+            below = _paths(field.message_type, depth + 1)  # type: ignore[arg-type]
             if below:
                 tree[field.number] = (below, siblings)
     return tree
@@ -154,7 +158,7 @@ class Parser:
         """A Lifted when the message carries one tensor chunk, else the plain message
         (and protobuf's DecodeError for bytes that are not one)."""
         lifted = None
-        if self.tree:
+        if self.tree and len(raw) >= MIN_BYTES:
             try:
                 lifted = _strip(memoryview(raw), 0, len(raw), self.tree)
             except (ValueError, IndexError):
@@ -166,7 +170,7 @@ class Parser:
         return Lifted(message, memoryview(raw)[start:end], len(raw))
 
 
-def split(item) -> tuple[object, memoryview | None]:
+def split(item) -> tuple[Any, memoryview | None]:
     """(message, lifted chunk data or None) of a received item."""
     if isinstance(item, Lifted):
         return item.message, item.data
@@ -177,7 +181,7 @@ def split(item) -> tuple[object, memoryview | None]:
 class Framed:
     """A message to send whose one TensorChunk's bytes are `data`, not in it."""
 
-    message: object
+    message: Any
     data: memoryview
 
     def ByteSize(self) -> int:  # noqa: N802  (as a message's, for byte counts)
@@ -217,3 +221,12 @@ class Framer:
         if pieces is None:  # no chunk in the message (not built by ops): put the data in
             raise ValueError("a Framed message without a TensorChunk")
         return b"".join(pieces)
+
+
+def keep_beside(message, chunk, piece: memoryview):
+    """What to send for a message whose chunk's bytes are `piece`: Framed when they are
+    worth keeping beside it, else the message with them in."""
+    if len(piece) >= MIN_BYTES:
+        return Framed(message, piece)
+    chunk.data = piece.tobytes()
+    return message

@@ -142,7 +142,7 @@ def op_to_proto(op: Op, chunk_bytes: int, framed: bool = False) -> list:
     if op.tensor is not None and field is None:
         raise InvalidArgument(f"a {op.kind.value} op carries no tensor")
     wire = getattr(op.head, "wire", 0)  # how this op's tensors travel (Step has none)
-    messages = []
+    messages: list = []
     if op.tensor is None:
         message = worker_pb2.ExchangeRequest()
         getattr(message, op.kind.value).CopyFrom(op.head)
@@ -154,7 +154,8 @@ def op_to_proto(op: Op, chunk_bytes: int, framed: bool = False) -> list:
         if i == 0:
             part.CopyFrom(op.head)
         if framed:
-            messages.append(lift.Framed(message, fill(getattr(part, field), data=False)))
+            chunk = getattr(part, field)
+            messages.append(lift.keep_beside(message, chunk, fill(chunk, data=False)))
         else:
             fill(getattr(part, field))  # the chunk's bytes go straight into the message
             messages.append(message)
@@ -234,7 +235,8 @@ def reply_to_proto(
         if fill is None:
             yield message
         elif framed:
-            yield lift.Framed(message, fill(getattr(part, answer.field), data=False))
+            chunk = getattr(part, answer.field)
+            yield lift.keep_beside(message, chunk, fill(chunk, data=False))
         else:
             fill(getattr(part, answer.field))
             yield message
