@@ -5,12 +5,17 @@
 One worker process holds a parameter-free segment (Identity); a Forward op sends a
 float32 tensor of each size and gets the same size back. Raw TCP does the same
 round trip between two processes with Python sockets (one sendall, one recv loop
-each way). Printed: MB/s of each and their ratio, in one run.
+each way). "protobuf" is the same Exchange with every tensor inside its messages
+(SPLITNN_LIFT_MIN_BYTES past any size, in the worker and here), as before
+splitnn.wire.lift. Printed: MB/s of each and the ratios, in one run, rounds
+alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -24,7 +29,10 @@ from splitnn.orchestrator.config_workers import WorkerConfig
 from splitnn.orchestrator.local_start import LocalStart
 from splitnn.transport.client import WorkerClient
 from splitnn.v1 import worker_pb2
+from splitnn.wire import lift
 from splitnn.wire.ops import Op, OpKind
+
+PLAIN = str(1 << 40)  # SPLITNN_LIFT_MIN_BYTES that no tensor reaches: protobuf only
 
 _ECHO = """
 import socket, sys
@@ -79,29 +87,62 @@ def exchange(client: WorkerClient, run_id: str, nbytes: int, repeats: int) -> fl
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def identity_worker(min_bytes: str | None):
+    """A local worker holding an Identity segment, its lifting threshold `min_bytes`
+    (None: the default); yields a client on it."""
+    saved = os.environ.pop("SPLITNN_LIFT_MIN_BYTES", None)
+    if min_bytes is not None:
+        os.environ["SPLITNN_LIFT_MIN_BYTES"] = min_bytes
+    try:
+        with LocalStart({"bob": WorkerConfig("bob", None)}) as started:
+            client = started.security.client_factory()("bob", started.addresses()["bob"])
+            client.wait_ready(30)
+            sgd = optim_specs.normalize({"name": "sgd", "lr": 0.1}, "optimizer")
+            client.load_segment("dataplane", 0, [{"type": "Identity"}], sgd, None)
+            yield client
+            client.close()
+    finally:
+        os.environ.pop("SPLITNN_LIFT_MIN_BYTES", None)
+        if saved is not None:
+            os.environ["SPLITNN_LIFT_MIN_BYTES"] = saved
+
+
+def timed(client, nbytes: int, min_bytes: int) -> float:
+    """One Exchange round trip, this process framing and lifting above `min_bytes`."""
+    default, lift.MIN_BYTES = lift.MIN_BYTES, min_bytes
+    try:
+        return exchange(client, "dataplane", nbytes, 1)
+    finally:
+        lift.MIN_BYTES = default
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__)
     p.add_argument("--sizes-mib", default="1,16,64")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes_mib.split(",")]
-    workers = {"bob": WorkerConfig("bob", None)}
-    with LocalStart(workers) as started:
-        address = started.addresses()["bob"]
-        factory = started.security.client_factory()
-        client = factory("bob", address)
-        client.wait_ready(30)
-        sgd = optim_specs.normalize({"name": "sgd", "lr": 0.1}, "optimizer")
-        client.load_segment("dataplane", 0, [{"type": "Identity"}], sgd, None)
-        print(f"{'MiB':>5} {'Exchange MB/s':>14} {'raw TCP MB/s':>13} {'ratio':>6}")
+    with identity_worker(PLAIN) as plain, identity_worker(None) as lifted:
+        print(
+            f"{'MiB':>5} {'protobuf MB/s':>14} {'Exchange MB/s':>14} {'raw TCP MB/s':>13} "
+            f"{'x protobuf':>10} {'x raw TCP':>9}"
+        )
         for mib in sizes:
             nbytes = mib << 20
-            exchange(client, "dataplane", nbytes, 1)  # warm
-            ours = exchange(client, "dataplane", nbytes, args.repeats)
+            timed(plain, nbytes, int(PLAIN)), timed(lifted, nbytes, lift.MIN_BYTES)  # warm
+            times: dict[str, list[float]] = {"plain": [], "lifted": []}
+            for _ in range(args.repeats):
+                times["plain"].append(timed(plain, nbytes, int(PLAIN)))
+                times["lifted"].append(timed(lifted, nbytes, lift.MIN_BYTES))
+            old, ours = (statistics.median(times[k]) for k in ("plain", "lifted"))
             raw = raw_tcp(nbytes, args.repeats)
-            ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (ours, raw))  # both ways
-            print(f"{mib:>5} {ours_rate:>14.0f} {raw_rate:>13.0f} {raw / ours:>6.2f}", flush=True)
-        client.close()
+            old_rate, ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (old, ours, raw))
+            print(
+                f"{mib:>5} {old_rate:>14.0f} {ours_rate:>14.0f} {raw_rate:>13.0f} "
+                f"{old / ours:>10.2f} {raw / ours:>9.2f}",
+                flush=True,
+            )
     return 0
 
 

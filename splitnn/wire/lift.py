@@ -19,6 +19,7 @@ chunk's place: one join, then gRPC's own copy.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ _LENGTH_DELIMITED = 2
 _MAX_DEPTH = 4
 # Below this many bytes, protobuf's copies cost less than walking the message in
 # Python: small tensors (the seed job's) travel inside their messages as before.
-MIN_BYTES = 32 << 10
+# SPLITNN_LIFT_MIN_BYTES sets another threshold (bench.dataplane compares it off).
+MIN_BYTES = int(os.environ.get("SPLITNN_LIFT_MIN_BYTES", 32 << 10))
 
 
 @dataclass(slots=True)
