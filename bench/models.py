@@ -161,17 +161,13 @@ def seed_job() -> BenchJob:
     )
 
 
-def mnist_mlp_job(n_samples: int = 6400) -> BenchJob:
-    """MNIST-shaped MLP 784-256-128-10 as owner | bob | owner; batch 64, SGD 0.01 m 0.9, CE."""
+def _mnist_shaped(name, segments, placement, batch_size, n_samples) -> BenchJob:
+    """A job on synthetic MNIST-shaped rows: SGD 0.01 with momentum 0.9, cross entropy."""
     return BenchJob(
-        name="mnist_mlp",
-        segments=(
-            (("Linear", 784, 256), ("ReLU",)),
-            (("Linear", 256, 128), ("ReLU",)),
-            (("Linear", 128, 10),),
-        ),
-        placement=("alice", "bob", "alice"),
-        batch_size=64,
+        name=name,
+        segments=segments,
+        placement=placement,
+        batch_size=batch_size,
         loss="cross_entropy",
         lr=0.01,
         momentum=0.9,
@@ -179,28 +175,29 @@ def mnist_mlp_job(n_samples: int = 6400) -> BenchJob:
         n_samples=n_samples,
         data_seed=0,
     )
+
+
+def mnist_mlp_job(n_samples: int = 6400) -> BenchJob:
+    """MNIST-shaped MLP 784-256-128-10 as owner | bob | owner; batch 64, SGD 0.01 m 0.9, CE."""
+    segments = (
+        (("Linear", 784, 256), ("ReLU",)),
+        (("Linear", 256, 128), ("ReLU",)),
+        (("Linear", 128, 10),),
+    )
+    return _mnist_shaped("mnist_mlp", segments, ("alice", "bob", "alice"), 64, n_samples)
 
 
 def mnist_mlp_5way_job(n_samples: int = 6400) -> BenchJob:
     """The same MLP cut into the seed's 5-way layout [owner, owner, bob, claire, owner]."""
-    return BenchJob(
-        name="mnist_mlp_5way",
-        segments=(
-            (("Linear", 784, 256),),
-            (("ReLU",),),
-            (("Linear", 256, 128), ("ReLU",)),
-            (("Linear", 128, 10),),
-            (("Identity",),),
-        ),
-        placement=("alice", "alice", "bob", "claire", "alice"),
-        batch_size=64,
-        loss="cross_entropy",
-        lr=0.01,
-        momentum=0.9,
-        dataset="synthetic_mnist",
-        n_samples=n_samples,
-        data_seed=0,
+    segments = (
+        (("Linear", 784, 256),),
+        (("ReLU",),),
+        (("Linear", 256, 128), ("ReLU",)),
+        (("Linear", 128, 10),),
+        (("Identity",),),
     )
+    placement = ("alice", "alice", "bob", "claire", "alice")
+    return _mnist_shaped("mnist_mlp_5way", segments, placement, 64, n_samples)
 
 
 def middle_heavy_job(n_samples: int = 8192) -> BenchJob:
@@ -208,22 +205,12 @@ def middle_heavy_job(n_samples: int = 8192) -> BenchJob:
     at batch 1024: alice 784-1024-256 (1.07M multiply-adds a row) | bob 256-2048-256
     (1.05M) | alice 256-10. The cuts are 256 wide, so a row moves 4 KiB a step
     (activation and gradient, each way) for about 13 MFLOP of work."""
-    return BenchJob(
-        name="middle_heavy",
-        segments=(
-            (("Linear", 784, 1024), ("ReLU",), ("Linear", 1024, 256), ("ReLU",)),
-            (("Linear", 256, 2048), ("ReLU",), ("Linear", 2048, 256), ("ReLU",)),
-            (("Linear", 256, 10),),
-        ),
-        placement=("alice", "bob", "alice"),
-        batch_size=1024,
-        loss="cross_entropy",
-        lr=0.01,
-        momentum=0.9,
-        dataset="synthetic_mnist",
-        n_samples=n_samples,
-        data_seed=0,
+    segments = (
+        (("Linear", 784, 1024), ("ReLU",), ("Linear", 1024, 256), ("ReLU",)),
+        (("Linear", 256, 2048), ("ReLU",), ("Linear", 2048, 256), ("ReLU",)),
+        (("Linear", 256, 10),),
     )
+    return _mnist_shaped("middle_heavy", segments, ("alice", "bob", "alice"), 1024, n_samples)
 
 
 JOBS = {
