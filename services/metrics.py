@@ -135,12 +135,9 @@ class _ServicerCollector:
         per_run: dict[str, int] = {}
         for segment in host.segments():
             per_run[segment.run_id] = per_run.get(segment.run_id, 0) + 1
-        waiting: dict[str, int] = dict.fromkeys(per_run, 0)
-        for run_id in per_run:
-            waiting[run_id] = len(host.pending_batches(run_id))
         for run_id in sorted(per_run):
             segments.add_metric([run_id], per_run[run_id])
-            pending.add_metric([run_id], waiting[run_id])
+            pending.add_metric([run_id], len(host.pending_batches(run_id)))
         up = GaugeMetricFamily("splitnn_worker_start_time_seconds", "When this worker started")
         up.add_metric([], self.servicer.started)
         yield from (received, sent, replayed, retries, segments, pending, up)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from splitnn.errors import FailedPrecondition, InvalidArgument, WorkerError, status_code
+from splitnn.errors import FailedPrecondition, InvalidArgument, reply_code
 from splitnn.model.losses import LOSS_NAMES
 from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
@@ -142,17 +142,10 @@ def apply(host: SegmentHost, op: Op, replay: bool = True, chain=None) -> Answer:
     try:
         answer = _apply(host, op, replay, chain)
     except BaseException as err:
-        meter.op(op.kind.value, status_name(err), 0.0)
+        meter.op(op.kind.value, reply_code(err).name, 0.0)
         raise
     meter.op(op.kind.value, "OK", time.perf_counter() - started)
     return answer
-
-
-def status_name(err: BaseException) -> str:
-    """The gRPC status name an op's error reaches its caller with."""
-    if isinstance(err, WorkerError):  # a peer failed: the servicer answers ABORTED
-        return "ABORTED"
-    return status_code(err).name
 
 
 def _apply(host: SegmentHost, op: Op, replay: bool, chain) -> Answer:

@@ -340,19 +340,23 @@ def build(args: argparse.Namespace) -> Worker:
     health = add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes
     worker = Worker(host, server, port, driver, servicer.peers)
     if getattr(args, "health_port", None) is not None:
-        bind_host = args.listen.rsplit(":", 1)[0]
         worker.health_server, worker.health_port = create_server(
-            f"{bind_host}:{args.health_port}", max_workers=2
+            f"{bind_host(args)}:{args.health_port}", max_workers=2
         )
         add_health_only(health, worker.health_server)
     if getattr(args, "metrics_port", None) is not None:
         from splitnn.services.metrics import WorkerMetrics  # prometheus-client, only if asked
 
-        servicer.metrics = host.meter = WorkerMetrics(servicer)  # RPCs; ops
+        servicer.observe(WorkerMetrics(servicer))
         worker.metrics_server, worker.metrics_port = servicer.metrics.serve(
-            args.listen.rsplit(":", 1)[0].strip("[]"), args.metrics_port
+            bind_host(args).strip("[]"), args.metrics_port
         )
     return worker
+
+
+def bind_host(args: argparse.Namespace) -> str:
+    """The host part of --listen, where the health and metrics ports listen too."""
+    return args.listen.rsplit(":", 1)[0]
 
 
 def start_lease_keeper(host: SegmentHost) -> threading.Thread:
@@ -416,16 +420,14 @@ def main(argv=None) -> int:
     if worker.health_server is not None:
         worker.health_server.start()
     start_lease_keeper(worker.host)
-    bind_host = args.listen.rsplit(":", 1)[0]
+    host = bind_host(args)
     where = "" if worker.host.device.type == "cpu" else f" (device {worker.host.device})"
     say = functools.partial(logs.announce, log_format=args.log_format, worker=args.name)
-    say(f"splitnn-worker {args.name} listening on {bind_host}:{worker.port}{where}")
+    say(f"splitnn-worker {args.name} listening on {host}:{worker.port}{where}")
     if worker.health_port is not None:
-        say(f"splitnn-worker {args.name} health on {bind_host}:{worker.health_port}")
+        say(f"splitnn-worker {args.name} health on {host}:{worker.health_port}")
     if worker.metrics_port is not None:
-        say(
-            f"splitnn-worker {args.name} metrics on http://{bind_host}:{worker.metrics_port}/metrics"
-        )
+        say(f"splitnn-worker {args.name} metrics on http://{host}:{worker.metrics_port}/metrics")
     warm_up_in_background()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from splitnn.errors import InvalidArgument, SplitnnError, WorkerError, status_code
+from splitnn.errors import InvalidArgument, SplitnnError, WorkerError, reply_code, status_code
 from splitnn.model import layers as layer_specs
 from splitnn.model import optim as optim_specs
 from splitnn.security.access import AccessPolicy, Caller
@@ -35,9 +35,7 @@ def _errors_to_status(context: grpc.ServicerContext):
     try:
         yield
     except WorkerError as err:  # a peer this worker called (when driving) failed
-        # ABORTED, not the peer's code: the caller must not retry the whole Drive
-        # for a peer that this worker has already retried.
-        context.abort(grpc.StatusCode.ABORTED, _details(str(err)))
+        context.abort(reply_code(err), _details(str(err)))
     except SplitnnError as err:
         context.abort(status_code(err), _details(f"{type(err).__name__}: {err}"))
     except grpc.RpcError:
@@ -56,7 +54,7 @@ def _status_name(err: BaseException, context) -> str:
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode):  # what context.abort set
         return code.name
-    return ops.status_name(err)
+    return reply_code(err).name
 
 
 # Error details are cut to this: a request's own strings (a dataset name, a run id)
@@ -83,7 +81,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         slots: CallSlots | None = None,
         idle: IdleWatch | None = None,
         peers: PeerPool | None = None,
-        metrics=None,
     ):
         self.host = host
         self.chunk_bytes = chunk_bytes
@@ -97,10 +94,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.bytes_received = 0
         self.bytes_sent = 0
         self.started = time.time()
-        # A services.metrics.WorkerMetrics (--metrics-port), or None: nothing counted.
-        self.metrics = metrics
-        if metrics is not None:
-            host.meter = metrics
+        # A services.metrics.WorkerMetrics (--metrics-port, see observe), or None.
+        self.metrics = None
+
+    def observe(self, metrics) -> None:
+        """Count this worker's RPCs, and every op its host applies, into `metrics`."""
+        self.metrics = self.host.meter = metrics
 
     @contextlib.contextmanager
     def _call(self, rpc: str, context):

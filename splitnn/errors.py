@@ -70,6 +70,15 @@ def status_code(err: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def reply_code(err: BaseException) -> grpc.StatusCode:
+    """The status a worker answers an error with: ABORTED when a peer it called failed
+    (its caller must not retry the whole call for a peer already retried), else the
+    error's own code."""
+    if isinstance(err, WorkerError):
+        return grpc.StatusCode.ABORTED
+    return status_code(err)
+
+
 # ---- what a caller of a worker sees ----------------------------------------------------
 
 

@@ -18,8 +18,6 @@ import sys
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(name)s %(message)s"
-# Fields every JSON line has, in this order; null where a line has no value for one.
-FIELDS = ("time", "level", "worker", "run", "step", "message")
 
 
 class JsonLines(logging.Formatter):

@@ -18,15 +18,16 @@ from grpc import aio
 
 from splitnn.errors import WorkerError
 from splitnn.transport import channels
-from splitnn.transport.client import _KEEPALIVE, PeerSettings
+from splitnn.transport.client import (
+    _KEEPALIVE,
+    EXCHANGE,
+    FRAME_REQUEST,
+    PARSE_RESPONSE,
+    PeerSettings,
+)
 from splitnn.transport.stream import AsyncOrderedStream
-from splitnn.v1 import worker_pb2
-from splitnn.wire import lift
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
-_EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
-_PARSE_RESPONSE = lift.Parser(worker_pb2.ExchangeResponse)  # tensor bytes lifted out
-_FRAME_REQUEST = lift.Framer(worker_pb2.ExchangeRequest)  # and framed in
 # Pings every 2 s instead of 10: a link to a peer that dies without a reset is found
 # by pings alone, and the whole chain waits on it.
 _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
@@ -47,20 +48,20 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
             self.channel = aio.secure_channel(address, credentials, options=options)
         # Bytes are counted as they are (de)serialized: exact, and no second encoding.
         self._exchange = self.channel.stream_stream(
-            _EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
+            EXCHANGE, request_serializer=self._serialize, response_deserializer=self._parse
         )
         self._call: aio.StreamStreamCall | None = None
         self._write_failed = False
         self._pending: deque = deque()
 
     def _serialize(self, message) -> bytes:
-        data = _FRAME_REQUEST(message)
+        data = FRAME_REQUEST(message)
         self.bytes_sent += len(data)
         return data
 
     def _parse(self, data: bytes):
         self.bytes_received += len(data)
-        return _PARSE_RESPONSE(data)
+        return PARSE_RESPONSE(data)
 
     async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""

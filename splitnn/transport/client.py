@@ -37,6 +37,12 @@ _KEEPALIVE = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
+# The training stream: tensor bytes framed into requests and lifted out of answers
+# (splitnn.wire.lift); both clients call it so.
+EXCHANGE = "/splitnn.v1.WorkerService/Exchange"
+FRAME_REQUEST = lift.Framer(worker_pb2.ExchangeRequest)
+PARSE_RESPONSE = lift.Parser(worker_pb2.ExchangeResponse)
+
 
 class RetryTally:
     """Calls retried by this process, by call name (a worker's metrics export them)."""
@@ -129,12 +135,8 @@ class WorkerClient(PeerSettings, OrderedStream):
             address, credentials, list(_KEEPALIVE) + list(channel_options)
         )
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
-        # The training stream: tensor bytes framed into requests and lifted out of
-        # answers (splitnn.wire.lift).
         self._exchange = self.channel.stream_stream(
-            "/splitnn.v1.WorkerService/Exchange",
-            request_serializer=lift.Framer(worker_pb2.ExchangeRequest),
-            response_deserializer=lift.Parser(worker_pb2.ExchangeResponse),
+            EXCHANGE, request_serializer=FRAME_REQUEST, response_deserializer=PARSE_RESPONSE
         )
         self._requests: queue.SimpleQueue | None = None
         self._responses: Any = None  # the Exchange call's response iterator

@@ -220,7 +220,7 @@ class Framer:
             return item.SerializeToString()
         small = memoryview(item.message.SerializeToString())
         pieces = _insert(small, 0, len(small), self.tree, item.data)
-        if pieces is None:  # no chunk in the message (not built by ops): put the data in
+        if pieces is None:  # ops.keep_beside frames only messages whose chunk is filled
             raise ValueError("a Framed message without a TensorChunk")
         return b"".join(pieces)
 
