@@ -184,6 +184,20 @@ def _kind_of(value) -> str | None:
     return None
 
 
+def _check_range(kind: str | None, value, what: str, lengths: tuple[int, int]) -> None:
+    """Numbers a layer or a Module may be given: ints (and lists of `lengths` of them)
+    within MAX_INT_ARG, finite floats. `what` names the argument in the error."""
+    if kind == INT and not -MAX_INT_ARG <= value <= MAX_INT_ARG:
+        raise InvalidArgument(f"{what}={value} is out of range")
+    if kind == INTS and (
+        not lengths[0] <= len(value) <= lengths[1]
+        or any(not -MAX_INT_ARG <= v <= MAX_INT_ARG for v in value)
+    ):
+        raise InvalidArgument(f"{what}={value!r} is out of range")
+    if kind == FLOAT and not math.isfinite(value):
+        raise InvalidArgument(f"{what}={value!r} is not finite")
+
+
 def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
     """Check one layer dict against the allow-list; return its kind and keyword args."""
     if not isinstance(layer, dict):
@@ -210,11 +224,8 @@ def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
                 f"{where}: {layer_type}.{name} must be {' or '.join(kind.args[name])}, "
                 f"got {value!r}"
             )
-        if value_kind == INT and not -MAX_INT_ARG <= value <= MAX_INT_ARG:
-            raise InvalidArgument(f"{where}: {layer_type}.{name}={value} is out of range")
+        _check_range(value_kind, value, f"{where}: {layer_type}.{name}", (1, 4))
         if value_kind == INTS:
-            if not 1 <= len(value) <= 4 or any(not -MAX_INT_ARG <= v <= MAX_INT_ARG for v in value):
-                raise InvalidArgument(f"{where}: {layer_type}.{name}={value!r} is out of range")
             args[name] = tuple(value)
         if value_kind == STR:
             choices = (kind.choices or {}).get(name)
@@ -223,8 +234,6 @@ def validate_layer(layer: dict, where: str = "layer") -> tuple[LayerKind, dict]:
                     f"{where}: {layer_type}.{name}={value!r} is not one of {choices}"
                 )
         if value_kind == FLOAT:
-            if not math.isfinite(value):
-                raise InvalidArgument(f"{where}: {layer_type}.{name}={value!r} is not finite")
             args[name] = float(value)
     missing = [name for name in kind.required if name not in args]
     if missing:
@@ -270,13 +279,8 @@ def validate_operator_module(layer: dict, where: str) -> dict:
         kind = _kind_of(value)
         if kind is None:
             raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is not a plain value")
-        if kind == INT and not -MAX_INT_ARG <= value <= MAX_INT_ARG:
-            raise InvalidArgument(f"{where}: Module {name}.{key}={value} is out of range")
-        if kind == FLOAT and not math.isfinite(value):
-            raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is not finite")
+        _check_range(kind, value, f"{where}: Module {name}.{key}", (0, 8))
         if kind == INTS:
-            if len(value) > 8 or any(not -MAX_INT_ARG <= v <= MAX_INT_ARG for v in value):
-                raise InvalidArgument(f"{where}: Module {name}.{key}={value!r} is out of range")
             value = list(value)
         if kind == STR and len(value) > 256:
             raise InvalidArgument(f"{where}: Module {name}.{key} is longer than 256 characters")
