@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from splitnn.errors import LaunchError
+from splitnn.orchestrator.forked_workers import ForkedProcess, ForkServer, can_fork
 
 _LISTENING = re.compile(r"listening on (\S+)")
 
@@ -27,9 +28,11 @@ class LocalWorkers:
     threads: int = 1
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     start_timeout: float = 60.0
+    fork: bool = field(default_factory=can_fork)  # fork from one process (forked_workers)
 
     def __post_init__(self):
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, subprocess.Popen | ForkedProcess] = {}
+        self._forks: ForkServer | None = None
         self.addresses: dict[str, str] = {}
         self.logs: dict[str, list[str]] = {}
 
@@ -63,10 +66,7 @@ class LocalWorkers:
         self.stop()
 
     def _start(self, host: str) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "splitnn.services.server",
+        args = [
             "--name",
             host,
             "--listen",
@@ -78,20 +78,25 @@ class LocalWorkers:
             "--exit-with-parent",
         ]
         if not self.extra_args.get(host):
-            cmd.append("--insecure")  # loopback only; secured runs pass their own flags
+            args.append("--insecure")  # loopback only; secured runs pass their own flags
         for name, path in self.data[host].items():
-            cmd += ["--data", f"{name}={path}"]
-        cmd += self.extra_args.get(host, [])
+            args += ["--data", f"{name}={path}"]
+        args += self.extra_args.get(host, [])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.logs[host] = []
+        if self.fork:
+            if self._forks is None:
+                self._forks = ForkServer()
+            self.processes[host] = self._forks.spawn(args, env)
+            return
         self.processes[host] = subprocess.Popen(
-            cmd,
+            [sys.executable, "-m", "splitnn.services.server", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
             start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop them.
         )
-        self.logs[host] = []
 
     def _wait(self, host: str) -> None:
         process = self.processes[host]
@@ -131,3 +136,6 @@ class LocalWorkers:
                 process.kill()
                 process.wait()
         self.processes.clear()
+        if self._forks is not None:
+            self._forks.close()
+            self._forks = None

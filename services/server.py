@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import functools
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -22,6 +19,7 @@ import torch
 from splitnn import logs
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
+from splitnn.lifetime import exit_with_parent
 from splitnn.model import modules as operator_modules
 from splitnn.model.devices import resolve_device
 from splitnn.model.warm import warm_up_in_background
@@ -46,7 +44,6 @@ from splitnn.wire import codec
 
 log = logging.getLogger("splitnn.worker")
 SWITCH_INTERVAL_S = 0.0002
-PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -379,24 +376,11 @@ def start_lease_keeper(host: SegmentHost) -> threading.Thread:
     return thread
 
 
-def _exit_with_parent() -> None:
-    """Ask Linux to send SIGTERM when our parent dies (even by SIGKILL), so local
-    workers never outlive the orchestrator that started them."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the orchestrator stops us itself
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        sys.exit(0)
-
-
 def main(argv=None) -> int:
     """Entry point: serve until SIGTERM or Ctrl-C."""
     args = parse_args(argv)
     if args.exit_with_parent:
-        _exit_with_parent()
+        exit_with_parent()
     logs.configure(args.log_format, args.log_level, worker=args.name)
     # gRPC hands every message between its threads; with the default 5 ms GIL switch
     # interval a woken thread can wait that long for its turn.

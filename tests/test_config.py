@@ -97,7 +97,8 @@ def test_examples_all_load():
         assert load_config(path).segments
 
 
-def test_local_workers_do_not_outlive_a_killed_orchestrator(tmp_path):
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["forked", "processes"])
+def test_local_workers_do_not_outlive_a_killed_orchestrator(tmp_path, fork):
     import os
     import signal
     import time
@@ -112,29 +113,45 @@ def test_local_workers_do_not_outlive_a_killed_orchestrator(tmp_path):
         ]
         + ["--out", str(tmp_path / "o"), "--local"],
         cwd=ROOT,
+        env=dict(os.environ, SPLITNN_FORK_WORKERS=fork),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
+    def parent_of(pid: str) -> int | None:
+        try:
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
+    def descendants() -> list[int]:
+        """The orchestrator's processes below it: the fork server and the workers."""
+        parents = {int(p): parent_of(p) for p in os.listdir("/proc") if p.isdigit()}
+        found, frontier = [], [process.pid]
+        while frontier:
+            below = [pid for pid, parent in parents.items() if parent in frontier]
+            found += below
+            frontier = below
+        return found
+
+    def is_worker(pid: int) -> bool:
+        """Forked workers name themselves; a worker of its own runs the server module."""
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            cmdline = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return comm == "splitnn-worker" or "services.server" in cmdline
+
     def children():
-        out = subprocess.run(
-            ["pgrep", "-f", "services.server.*--exit-with-parent"], capture_output=True, text=True
-        ).stdout.split()
-        mine = []
-        for pid in out:
-            try:
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            if int(stat[1]) == process.pid:
-                mine.append(int(pid))
-        return mine
+        return [pid for pid in descendants() if is_worker(pid)]
 
     deadline = time.monotonic() + 60
     while len(children()) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     workers = children()
     assert len(workers) == 3
+    workers = descendants()  # the fork server too, where workers are forked
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 20
