@@ -137,22 +137,32 @@ def _rpc_process(
     return_state: bool,
     backend_kwargs: dict[str, Any],
     results: Any,
+    network: dict[str, Any] | None = None,
 ) -> None:
-    """Entry point of every rpc process; rank 0 (the data owner) drives training."""
+    """Entry point of every rpc process; rank 0 (the data owner) drives training.
+    `network`: each host's namespace, address and device (bench.tunlink) to run in."""
+    master = "127.0.0.1"
+    if network is not None:  # first, before torch or anything else opens a socket
+        from bench.tunlink import enter_netns
+
+        enter_netns(network["netns"][hosts[rank]])
+        master = network["address"][hosts[rank if rank == 0 else 0]]
+        os.environ["TP_SOCKET_IFNAME"] = network["device"][hosts[rank]]
+        os.environ["GLOO_SOCKET_IFNAME"] = network["device"][hosts[rank]]  # its rendezvous
     import torch.distributed.rpc as rpc
 
     # Deprecation chatter from torch.distributed internals (Gloo-as-ProcessGroup, TorchScript
     # functional optimizers) says nothing about the measurement.
     warnings.filterwarnings("ignore", message=".*as a ProcessGroup.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*TorchScript.*", category=DeprecationWarning)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_ADDR"] = master
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(threads)
     try:
         opts = rpc.TensorPipeRpcBackendOptions(
             num_worker_threads=num_worker_threads,
             rpc_timeout=rpc_timeout,
-            init_method=f"tcp://127.0.0.1:{port}",
+            init_method=f"tcp://{master}:{port}",
             **backend_kwargs,
         )
         rpc.init_rpc(
@@ -246,8 +256,11 @@ def run_rpc(
     rpc_timeout: float = 60.0,
     timeout: float = 300.0,
     backend_kwargs: dict[str, Any] | None = None,
+    tun=None,
 ) -> dict[str, Any]:
     """Train the job split over one spawned process per host with torch.distributed.rpc.
+    With `tun` (a bench.tunlink.TunLink), each process runs in its host's namespace, and
+    every connection between them crosses the link.
 
     The data owner (host of segment 0) is rank 0 and drives; it runs its own segments in
     process. Other hosts are rpc workers holding their segments as ``rpc.remote`` modules.
@@ -281,6 +294,7 @@ def run_rpc(
                     return_state,
                     dict(backend_kwargs or {}),
                     results,
+                    _network(tun, hosts),
                 ),
                 name=f"rpc-{hosts[rank]}",
                 daemon=True,
@@ -317,6 +331,17 @@ def run_rpc(
             p.join(timeout=5)
         results.close()
         results.join_thread()
+
+
+def _network(tun, hosts: list[str]) -> dict[str, Any] | None:
+    """What an rpc process needs of a TunLink (plain data: it crosses to a spawned child)."""
+    if tun is None:
+        return None
+    return {
+        "netns": {h: tun.netns(h) for h in hosts},
+        "address": {h: tun.address(h) for h in hosts},
+        "device": {h: tun.device(h) for h in hosts},
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,27 +1,56 @@
-"""splitnn through a modelled network link (bench.netproxy): step time of the seed job
-and the MLP 5-way job with the owner's route and with chain forwarding.
+"""splitnn and torch.distributed.rpc through one modelled network link: step time of the
+seed job and the MLP 5-way job, splitnn with the owner's route, chain forwarding,
+int8 on the wire and micro-batches, torch rpc beside them, in one run.
 
-    python -m bench.network [--steps N] [--delay-ms D] [--mbit R]
+    python -m bench.network [--steps N] [--delay-ms D] [--mbit R] [--link tun|proxy]
 
-Every connection to a worker, from the orchestrator or another worker, passes a
-proxy that adds the one-way delay D and caps the rate at R. A step's time is
-printed as milliseconds and as round trips of the link (2 D).
+`--link tun` (the default where root, `ip netns` and /dev/net/tun are there; see
+bench.tunlink): every host in a network namespace of its own, the orchestrator in
+the machine's, and every packet between any two of them through a userspace switch
+that adds the one-way delay D and caps each direction at R. Everything crosses it,
+on any port, torch rpc included. `--link proxy` (bench.netproxy): a TCP proxy in
+front of every worker; torch rpc cannot go through it (TensorPipe listens on ports
+it picks itself after its rendezvous), so its row is left out.
+
+A splitnn step's time is the slope between runs of S and 4S steps (S a quarter of
+--steps, at least an epoch), without start-up and the last flush; torch rpc's is
+its own timed loop over N steps after its warm-up. Printed as milliseconds, as
+round trips of the link (2 D), and as a ratio to torch rpc.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 
+from bench import tunlink
+from bench.baselines import run_rpc
 from bench.models import mnist_mlp_5way_job, seed_job
 from bench.split_grpc import run_split
 
 SETTINGS = {
-    "owner route": {"route": "owner"},
-    "chain": {"route": "chain"},
-    "chain, int8 wire": {"route": "chain", "wire": "int8"},
+    "splitnn, owner route": {"route": "owner"},
+    "splitnn, chain": {"route": "chain"},
+    "splitnn, chain, int8": {"route": "chain", "wire": "int8"},
+    "splitnn, 2 micro-batches": {"route": "owner", "micro_batches": 2},
 }
+RPC = "torch rpc"
+
+
+def split_step_ms(job, steps: int, link: dict) -> tuple[float, float]:
+    """(ms a step by the slope of two runs, samples/s of the longer run)."""
+    per_epoch = -(-job.data()[0].shape[0] // job.batch_size)
+    short_steps = max(steps // 4, per_epoch)  # whole epochs, so the two runs differ
+    short, long = (run_split(job, n, warmup=20, **link) for n in (short_steps, 4 * short_steps))
+    step_ms = 1000 * (long["seconds"] - short["seconds"]) / (long["steps"] - short["steps"])
+    return step_ms, long["samples_per_s"]
+
+
+def rpc_step_ms(job, steps: int, tun) -> tuple[float, float]:
+    result = run_rpc(job, steps, warmup=10, tun=tun, backend_kwargs={"_transports": ["uv"]})
+    return 1000 * result["seconds"] / result["steps"], result["samples_per_s"]
 
 
 def main(argv=None) -> int:
@@ -30,28 +59,41 @@ def main(argv=None) -> int:
     p.add_argument("--delay-ms", type=float, default=5.0)
     p.add_argument("--mbit", type=float, default=1000.0)
     p.add_argument("--jobs", default="seed,mnist_mlp_5way", help="comma-separated job names")
+    p.add_argument("--link", choices=["tun", "proxy"], default=None)
     args = p.parse_args(argv)
-    link = (args.delay_ms, args.mbit)
+    why_not = tunlink.available()
+    kind = args.link or ("proxy" if why_not else "tun")
+    if kind == "tun" and why_not:
+        p.error(f"--link tun: {why_not}")
     rtt = 2 * args.delay_ms
-    print(f"link: {args.delay_ms} ms each way, {args.mbit:g} Mbit/s (round trip {rtt:g} ms)")
-    print(f"{'job':<16} {'setting':<18} {'ms/step':>8} {'round trips':>12} {'samples/s':>10}")
+    print(
+        f"link ({kind}): {args.delay_ms:g} ms each way, {args.mbit:g} Mbit/s "
+        f"(round trip {rtt:g} ms)"
+    )
+    header = f"{'job':<16} {'mode':<26} {'ms/step':>8} {'round trips':>12} {'samples/s':>10}"
+    print(f"{header} {'x rpc':>6}")
     jobs = [job for job in (seed_job(), mnist_mlp_5way_job()) if job.name in args.jobs.split(",")]
     for job in jobs:
-        for name, fields in SETTINGS.items():
-            # Two lengths: the slope is the step, without start-up and the last flush.
-            per_epoch = -(-job.data()[0].shape[0] // job.batch_size)
-            short_steps = max(args.steps // 4, per_epoch)  # whole epochs, so the runs differ
-            runs = [
-                run_split(dataclasses.replace(job, **fields), n, warmup=20, link=link)
-                for n in (short_steps, 4 * short_steps)
-            ]
-            short, long = runs
-            step_ms = 1000 * (long["seconds"] - short["seconds"]) / (long["steps"] - short["steps"])
-            print(
-                f"{job.name:<16} {name:<18} {step_ms:>8.1f} {step_ms / rtt:>12.2f} "
-                f"{long['samples_per_s']:>10.0f}",
-                flush=True,
-            )
+        with contextlib.ExitStack() as stack:
+            if kind == "tun":
+                tun = stack.enter_context(tunlink.TunLink(job.hosts, args.delay_ms, args.mbit))
+                link: dict = {"tun": tun}
+                rows = {RPC: lambda job=job, tun=tun: rpc_step_ms(job, args.steps, tun)}
+            else:
+                link, rows = {"link": (args.delay_ms, args.mbit)}, {}
+            for name, fields in SETTINGS.items():
+                variant = dataclasses.replace(job, **fields)
+                rows[name] = lambda v=variant, link=link: split_step_ms(v, args.steps, link)
+            rpc_ms = None
+            for name, run in rows.items():
+                step_ms, samples = run()
+                rpc_ms = step_ms if name == RPC else rpc_ms
+                ratio = f"{rpc_ms / step_ms:>6.2f}" if rpc_ms else f"{'-':>6}"
+                print(
+                    f"{job.name:<16} {name:<26} {step_ms:>8.1f} {step_ms / rtt:>12.2f} "
+                    f"{samples:>10.0f} {ratio}",
+                    flush=True,
+                )
     return 0
 
 

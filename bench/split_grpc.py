@@ -73,30 +73,38 @@ def run_split(
     relay: bool = False,
     warmup: int = 20,
     link: tuple[float, float] | None = None,
+    tun=None,
 ) -> dict:
     """Train the job through three local workers; samples/s over the training itself.
     As the baselines leave out their first `warmup` steps, a warm-up run of at least
     that many steps (whole epochs) goes first on the same workers: it opens the peer
     connections, which the timed run reuses, and warms torch in every process.
     `link` (one-way delay in ms, Mbit/s): every connection to a worker, from the
-    orchestrator or another worker, goes through a proxy modelling that link."""
+    orchestrator or another worker, goes through a proxy modelling that link. `tun`
+    (a bench.tunlink.TunLink): every worker runs in its host's namespace behind it."""
     with tempfile.TemporaryDirectory() as tmp:
         config = job_config(job, steps, Path(tmp))
         warm = job_config(job, warmup, Path(tmp)) if warmup else None
-        return train_config(config, Path(tmp), relay=relay, warm=warm, link=link)
+        return train_config(config, Path(tmp), relay=relay, warm=warm, link=link, tun=tun)
 
 
 def train_config(
-    config, tmp: Path, relay: bool = False, warm=None, link=None, worker_args=()
+    config, tmp: Path, relay: bool = False, warm=None, link=None, worker_args=(), tun=None
 ) -> dict:
-    """Train a config on local workers (behind link proxies if `link`; each started
-    with `worker_args` too), after an untimed run of `warm` on the same workers;
-    samples/s over the training itself."""
+    """Train a config on local workers (behind link proxies if `link`, in the
+    namespaces of a TunLink `tun`; each started with `worker_args` too), after an
+    untimed run of `warm` on the same workers; samples/s over the training itself."""
     with contextlib.ExitStack() as stack:
         connect = {"local": True}
-        if link is not None or worker_args:
+        if link is not None or worker_args or tun is not None:
             flags = {host: list(worker_args) for host in config.workers}
-            started = stack.enter_context(LocalStart(config.workers, worker_args=flags))
+            prefix = {}
+            if tun is not None:
+                for host in config.workers:
+                    flags[host] += ["--listen", f"{tun.address(host)}:0"]
+                    prefix[host] = tun.prefix(host)
+            start = LocalStart(config.workers, worker_args=flags, prefix=prefix)
+            started = stack.enter_context(start)
             addresses = started.addresses()
             if link is not None:
                 addresses = stack.enter_context(proxies(addresses, *link))

@@ -57,11 +57,13 @@ class LocalStart:
         security: Security | None = None,
         threads: int = 1,
         worker_args: dict[str, list[str]] | None = None,
+        prefix: dict[str, list[str]] | None = None,
     ):
         self.workers = workers
         self.security = security
         self.threads = threads
         self.worker_args = worker_args or {}  # more flags per host, e.g. --device cuda
+        self.prefix = prefix or {}  # a command per host to run its worker under
         self._stack = contextlib.ExitStack()
         self._local: LocalWorkers | None = None
 
@@ -75,7 +77,9 @@ class LocalStart:
             extra_args = {
                 h: self.security.worker_args(h, file) + self.worker_args.get(h, []) for h in data
             }
-            self._local = LocalWorkers(data, threads=self.threads, extra_args=extra_args)
+            self._local = LocalWorkers(
+                data, threads=self.threads, extra_args=extra_args, prefix=self.prefix
+            )
             stack.callback(self._local.stop)
             self._local.start()
         except BaseException:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from splitnn.errors import LaunchError
 from splitnn.orchestrator.forked_workers import ForkedProcess, ForkServer, can_fork
 
-_LISTENING = re.compile(r"listening on (\S+)")
+_LISTENING = re.compile(r"splitnn-worker \S+ listening on (\S+)")
 
 
 @dataclass
@@ -29,6 +29,9 @@ class LocalWorkers:
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     start_timeout: float = 60.0
     fork: bool = field(default_factory=can_fork)  # fork from one process (forked_workers)
+    # A command each host's worker runs under (e.g. `ip netns exec NS`); such a worker is
+    # a process of its own, never forked.
+    prefix: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.processes: dict[str, subprocess.Popen | ForkedProcess] = {}
@@ -84,13 +87,13 @@ class LocalWorkers:
         args += self.extra_args.get(host, [])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.logs[host] = []
-        if self.fork:
+        if self.fork and not self.prefix.get(host):
             if self._forks is None:
                 self._forks = ForkServer()
             self.processes[host] = self._forks.spawn(args, env)
             return
         self.processes[host] = subprocess.Popen(
-            [sys.executable, "-m", "splitnn.services.server", *args],
+            [*self.prefix.get(host, []), sys.executable, "-m", "splitnn.services.server", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

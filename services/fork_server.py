@@ -93,9 +93,11 @@ def reseed() -> None:
     would otherwise share this process's streams."""
     import random
 
+    import numpy
     import torch
 
     random.seed()
+    numpy.random.seed()
     torch.seed()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -90,3 +91,13 @@ def test_forked_workers_start_from_the_environment_of_their_spawn(monkeypatch):
     with pytest.raises(LaunchError, match="SPLITNN_LIFT_MIN_BYTES"):
         with LocalWorkers({"bob": {}}):
             pass
+
+
+def test_a_worker_under_a_command_prefix_is_a_process_of_its_own():
+    """A prefix (bench.tunlink's `ip netns exec NS`) wraps the worker's own command line."""
+    with LocalWorkers({"bob": {}}, prefix={"bob": ["env", "SPLITNN_PREFIXED=1"]}) as workers:
+        process = workers.processes["bob"]
+        assert isinstance(process, subprocess.Popen)
+        assert process.args[:2] == ["env", "SPLITNN_PREFIXED=1"]
+        environ = open(f"/proc/{process.pid}/environ").read().split("\0")
+        assert "SPLITNN_PREFIXED=1" in environ
