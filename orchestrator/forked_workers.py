@@ -94,11 +94,15 @@ class ForkServer:
                 cmd,
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # it prints nothing; its errors go to stderr
+                stdout=subprocess.DEVNULL,  # it prints nothing but its errors
+                stderr=subprocess.PIPE,
+                text=True,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it.
             )
         finally:
             theirs.close()
+        self.log: list[str] = []  # its own output: why it failed, if it did
+        threading.Thread(target=self._drain, name="fork-server-log", daemon=True).start()
         self.changed = threading.Condition()
         self.gone = False
         self._waiting: list[ForkedProcess] = []  # spawned, pid not yet known, in order
@@ -146,6 +150,12 @@ class ForkServer:
         with self.changed:
             self.gone = True  # its children got SIGTERM as it died (PR_SET_PDEATHSIG)
             self.changed.notify_all()
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line.rstrip())
+            if len(self.log) > 200:
+                del self.log[:100]
 
     def _receive(self, message: dict) -> None:
         with self.changed:

@@ -117,7 +117,11 @@ class LocalWorkers:
                 # Keep reading its output so the pipe never fills up.
                 threading.Thread(target=self._drain, args=(host,), daemon=True).start()
                 return
-        output = "\n".join(self.logs[host][-20:])
+        lines = self.logs[host]
+        if not lines and isinstance(process, ForkedProcess):  # it was never forked
+            time.sleep(0.2)  # the fork server's last words may still be on their way
+            lines = [f"(the fork server failed) {line}" for line in self._forks.log]
+        output = "\n".join(lines[-20:])
         raise LaunchError(f"local worker {host} did not start:\n{output}")
 
     def _drain(self, host: str) -> None:

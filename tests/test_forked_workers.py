@@ -101,3 +101,15 @@ def test_a_worker_under_a_command_prefix_is_a_process_of_its_own():
         assert process.args[:2] == ["env", "SPLITNN_PREFIXED=1"]
         environ = open(f"/proc/{process.pid}/environ").read().split("\0")
         assert "SPLITNN_PREFIXED=1" in environ
+
+
+def test_a_fork_server_that_cannot_start_says_why(tmp_path, monkeypatch):
+    """A fork server whose torch does not import: the workers' start fails with its
+    traceback, not with an empty log."""
+    shadow = tmp_path / "shadow" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('this torch is broken')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    with pytest.raises(LaunchError, match="this torch is broken"):
+        with LocalWorkers({"bob": {}}):
+            pass
