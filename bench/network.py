@@ -53,6 +53,56 @@ def rpc_step_ms(job, steps: int, tun) -> tuple[float, float]:
     return 1000 * result["seconds"] / result["steps"], result["samples_per_s"]
 
 
+def link_kind(asked: str | None) -> str:
+    """The link to use: the one asked for, else tun where this machine allows it."""
+    why_not = tunlink.available()
+    if asked == "tun" and why_not:
+        raise SystemExit(f"--link tun: {why_not}")
+    return asked or ("proxy" if why_not else "tun")
+
+
+def measure(jobs, steps: int, delay_ms: float, mbit: float, kind: str, settings=SETTINGS):
+    """One row per job and mode, torch rpc first where the link carries it; printed as
+    each is measured (to stderr: the table comes after)."""
+    rows = []
+    for job in jobs:
+        with contextlib.ExitStack() as stack:
+            if kind == "tun":
+                tun = stack.enter_context(tunlink.TunLink(job.hosts, delay_ms, mbit))
+                link: dict = {"tun": tun}
+                runs = {RPC: lambda job=job, tun=tun: rpc_step_ms(job, steps, tun)}
+            else:
+                link, runs = {"link": (delay_ms, mbit)}, {}
+            for name, fields in settings.items():
+                variant = dataclasses.replace(job, **fields)
+                runs[name] = lambda v=variant, link=link: split_step_ms(v, steps, link)
+            for name, run in runs.items():
+                step_ms, samples = run()
+                rows.append(
+                    {"job": job.name, "mode": name, "ms": step_ms, "samples_per_s": samples}
+                )
+                print(f"  {job.name:<16} {name:<26} {step_ms:>8.1f} ms", file=sys.stderr)
+    return rows
+
+
+def format_table(rows: list[dict], delay_ms: float, mbit: float, kind: str) -> str:
+    """ms a step, round trips of the link, samples/s and the ratio to torch rpc."""
+    rtt = 2 * delay_ms
+    lines = [
+        f"link ({kind}): {delay_ms:g} ms each way, {mbit:g} Mbit/s (round trip {rtt:g} ms)",
+        f"{'job':<16} {'mode':<26} {'ms/step':>8} {'round trips':>12} {'samples/s':>10} "
+        f"{'x rpc':>6}",
+    ]
+    for row in rows:
+        rpc = [r["ms"] for r in rows if r["job"] == row["job"] and r["mode"] == RPC]
+        ratio = f"{rpc[0] / row['ms']:>6.2f}" if rpc else f"{'-':>6}"
+        lines.append(
+            f"{row['job']:<16} {row['mode']:<26} {row['ms']:>8.1f} {row['ms'] / rtt:>12.2f} "
+            f"{row['samples_per_s']:>10.0f} {ratio}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.network", description=__doc__)
     p.add_argument("--steps", type=int, default=100)
@@ -61,39 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", default="seed,mnist_mlp_5way", help="comma-separated job names")
     p.add_argument("--link", choices=["tun", "proxy"], default=None)
     args = p.parse_args(argv)
-    why_not = tunlink.available()
-    kind = args.link or ("proxy" if why_not else "tun")
-    if kind == "tun" and why_not:
-        p.error(f"--link tun: {why_not}")
-    rtt = 2 * args.delay_ms
-    print(
-        f"link ({kind}): {args.delay_ms:g} ms each way, {args.mbit:g} Mbit/s "
-        f"(round trip {rtt:g} ms)"
-    )
-    header = f"{'job':<16} {'mode':<26} {'ms/step':>8} {'round trips':>12} {'samples/s':>10}"
-    print(f"{header} {'x rpc':>6}")
+    kind = link_kind(args.link)
     jobs = [job for job in (seed_job(), mnist_mlp_5way_job()) if job.name in args.jobs.split(",")]
-    for job in jobs:
-        with contextlib.ExitStack() as stack:
-            if kind == "tun":
-                tun = stack.enter_context(tunlink.TunLink(job.hosts, args.delay_ms, args.mbit))
-                link: dict = {"tun": tun}
-                rows = {RPC: lambda job=job, tun=tun: rpc_step_ms(job, args.steps, tun)}
-            else:
-                link, rows = {"link": (args.delay_ms, args.mbit)}, {}
-            for name, fields in SETTINGS.items():
-                variant = dataclasses.replace(job, **fields)
-                rows[name] = lambda v=variant, link=link: split_step_ms(v, args.steps, link)
-            rpc_ms = None
-            for name, run in rows.items():
-                step_ms, samples = run()
-                rpc_ms = step_ms if name == RPC else rpc_ms
-                ratio = f"{rpc_ms / step_ms:>6.2f}" if rpc_ms else f"{'-':>6}"
-                print(
-                    f"{job.name:<16} {name:<26} {step_ms:>8.1f} {step_ms / rtt:>12.2f} "
-                    f"{samples:>10.0f} {ratio}",
-                    flush=True,
-                )
+    rows = measure(jobs, args.steps, args.delay_ms, args.mbit, kind)
+    print(format_table(rows, args.delay_ms, args.mbit, kind))
     return 0
 
 

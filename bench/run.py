@@ -5,7 +5,9 @@
 All figures come from one run on one machine and are compared as ratios.
 Every mode uses one torch thread per process. A second table (bench.micro) puts
 two owner | bob | owner jobs at batch 1024 against one process, with 1, 2 and 4
-micro-batches; --large-steps 0 leaves it out.
+micro-batches; --large-steps 0 leaves it out. --network-steps N adds a third
+(bench.network): the seed job through a modelled link of 5 ms each way at 1 Gbit/s,
+torch rpc and splitnn's owner route and chain through the same link.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench import micro
+from bench import micro, network
 from bench.baselines import run_local, run_rpc
 from bench.models import mnist_mlp_5way_job, mnist_mlp_job, seed_job
 from bench.split_grpc import run_split
@@ -82,6 +84,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--large-steps", type=int, default=32, help="steps of the batch-1024 runs (0: none)"
     )
+    parser.add_argument(
+        "--network-steps", type=int, default=0, help="steps through the modelled link (0: none)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write figures as JSON")
     args = parser.parse_args(argv)
     rows = measure(args.steps, args.repeats)
@@ -90,8 +95,16 @@ def main(argv=None) -> None:
     if large:
         print()
         print(micro.format_table(large))
+    linked = []
+    if args.network_steps:
+        kind = network.link_kind(None)
+        settings = {k: v for k, v in network.SETTINGS.items() if k.endswith(("route", "chain"))}
+        linked = network.measure([seed_job()], args.network_steps, 5.0, 1000.0, kind, settings)
+        print()
+        print(network.format_table(linked, 5.0, 1000.0, kind))
     if args.out:
         figures = {
+            "network": linked,
             "jobs": rows,
             "batch_1024": [
                 {"job": job, "mode": mode, "runs": runs} for (job, mode), runs in large.items()

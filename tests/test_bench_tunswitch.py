@@ -86,3 +86,16 @@ def test_what_is_not_ipv4_to_a_known_address_is_dropped(devices):
     assert switch.queue == []
     switch.deliver(now=1.0)
     assert received(a) == [] and received(b) == []
+
+
+def test_the_network_table_gives_round_trips_and_ratios_to_torch_rpc():
+    from bench.network import RPC, format_table
+
+    rows = [
+        {"job": "seed", "mode": RPC, "ms": 70.0, "samples_per_s": 228.6},
+        {"job": "seed", "mode": "splitnn, chain", "ms": 35.0, "samples_per_s": 457.1},
+    ]
+    table = format_table(rows, delay_ms=5.0, mbit=1000.0, kind="tun").splitlines()
+    assert table[0] == "link (tun): 5 ms each way, 1000 Mbit/s (round trip 10 ms)"
+    assert table[2].split()[-3:] == ["7.00", "229", "1.00"]
+    assert table[3].split()[-3:] == ["3.50", "457", "2.00"]
