@@ -25,10 +25,11 @@ PID_TIMEOUT_S = 120.0  # the fork server imports torch before its first fork
 
 
 def can_fork() -> bool:
-    """Whether local workers are forked (Linux-like platforms, unless turned off)."""
+    """Whether local workers are forked: on Linux, unless turned off. (macOS forbids
+    much of what a process that forks after loading native libraries may do.)"""
     return (
         os.environ.get("SPLITNN_FORK_WORKERS", "1") != "0"
-        and hasattr(os, "fork")
+        and sys.platform.startswith("linux")
         and hasattr(socket, "send_fds")
     )
 
