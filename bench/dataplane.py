@@ -7,8 +7,10 @@ float32 tensor of each size and gets the same size back. Raw TCP does the same
 round trip between two processes with Python sockets (one sendall, one recv loop
 each way). "protobuf" is the same Exchange with every tensor inside its messages
 (SPLITNN_LIFT_MIN_BYTES past any size, in the worker and here), as before
-splitnn.wire.lift. Printed: MB/s of each and the ratios, in one run, rounds
-alternating.
+splitnn.wire.lift. Printed: MB/s of each and the ratios, in one run, the three
+round trips in turn. One torch thread in this process, as in every worker and every other
+bench: with two, the assembler's copy ran on an OpenMP pool whose waiting thread
+spun on the core the worker needed.
 """
 
 from __future__ import annotations
@@ -47,25 +49,26 @@ while True:
 """
 
 
-def raw_tcp(nbytes: int, repeats: int) -> float:
-    """Seconds of the median round trip of `nbytes` each way through raw TCP."""
+@contextlib.contextmanager
+def raw_echo():
+    """A raw TCP echo process and a connection to it; yields `round(nbytes)`, the
+    seconds of one round trip of `nbytes` each way (one sendall, one recv loop)."""
     echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True)
     try:
         port = int(echo.stdout.readline())
-        sock = socket.create_connection(("127.0.0.1", port))
-        payload = bytes(nbytes)
-        buf = bytearray(nbytes)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            sock.sendall(nbytes.to_bytes(8, "little") + payload)
-            sock.recv(8, socket.MSG_WAITALL)
-            view, got = memoryview(buf), 0
-            while got < nbytes:
-                got += sock.recv_into(view[got:])
-            times.append(time.perf_counter() - start)
-        sock.close()
-        return statistics.median(times)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+
+            def round_trip(nbytes: int) -> float:
+                payload, buf = bytes(nbytes), bytearray(nbytes)
+                start = time.perf_counter()
+                sock.sendall(nbytes.to_bytes(8, "little") + payload)
+                sock.recv(8, socket.MSG_WAITALL)
+                view, got = memoryview(buf), 0
+                while got < nbytes:
+                    got += sock.recv_into(view[got:])
+                return time.perf_counter() - start
+
+            yield round_trip
     finally:
         echo.kill()
         echo.wait()
@@ -122,25 +125,26 @@ def main(argv=None) -> int:
     p.add_argument("--sizes-mib", default="1,16,64")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
+    torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes_mib.split(",")]
-    with identity_worker(PLAIN) as plain, identity_worker(None) as lifted:
+    with identity_worker(PLAIN) as plain, identity_worker(None) as lifted, raw_echo() as raw:
         print(
             f"{'MiB':>5} {'protobuf MB/s':>14} {'Exchange MB/s':>14} {'raw TCP MB/s':>13} "
             f"{'x protobuf':>10} {'x raw TCP':>9}"
         )
         for mib in sizes:
             nbytes = mib << 20
-            timed(plain, nbytes, int(PLAIN)), timed(lifted, nbytes, lift.MIN_BYTES)  # warm
-            times: dict[str, list[float]] = {"plain": [], "lifted": []}
-            for _ in range(args.repeats):
+            timed(plain, nbytes, int(PLAIN)), timed(lifted, nbytes, lift.MIN_BYTES), raw(nbytes)
+            times: dict[str, list[float]] = {"plain": [], "lifted": [], "raw": []}
+            for _ in range(args.repeats):  # the three in turn, so a slow spell hits all
                 times["plain"].append(timed(plain, nbytes, int(PLAIN)))
                 times["lifted"].append(timed(lifted, nbytes, lift.MIN_BYTES))
-            old, ours = (statistics.median(times[k]) for k in ("plain", "lifted"))
-            raw = raw_tcp(nbytes, args.repeats)
-            old_rate, ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (old, ours, raw))
+                times["raw"].append(raw(nbytes))
+            old, ours, tcp = (statistics.median(times[k]) for k in ("plain", "lifted", "raw"))
+            old_rate, ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (old, ours, tcp))
             print(
                 f"{mib:>5} {old_rate:>14.0f} {ours_rate:>14.0f} {raw_rate:>13.0f} "
-                f"{old / ours:>10.2f} {raw / ours:>9.2f}",
+                f"{old / ours:>10.2f} {tcp / ours:>9.2f}",
                 flush=True,
             )
     return 0
