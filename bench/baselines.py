@@ -146,7 +146,7 @@ def _rpc_process(
         from bench.tunlink import enter_netns
 
         enter_netns(network["netns"][hosts[rank]])
-        master = network["address"][hosts[rank if rank == 0 else 0]]
+        master = network["address"][hosts[0]]  # rank 0's rendezvous
         os.environ["TP_SOCKET_IFNAME"] = network["device"][hosts[rank]]
         os.environ["GLOO_SOCKET_IFNAME"] = network["device"][hosts[rank]]  # its rendezvous
     import torch.distributed.rpc as rpc

@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     linked = []
     if args.network_steps:
         kind = network.link_kind(None)
-        settings = {k: v for k, v in network.SETTINGS.items() if k.endswith(("route", "chain"))}
+        routes = ("splitnn, owner route", "splitnn, chain")
+        settings = {name: network.SETTINGS[name] for name in routes}
         linked = network.measure([seed_job()], args.network_steps, 5.0, 1000.0, kind, settings)
         print()
         print(network.format_table(linked, 5.0, 1000.0, kind))

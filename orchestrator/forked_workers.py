@@ -103,7 +103,8 @@ class ForkServer:
         finally:
             theirs.close()
         self.log: list[str] = []  # its own output: why it failed, if it did
-        threading.Thread(target=self._drain, name="fork-server-log", daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, name="fork-server-log", daemon=True)
+        self._drainer.start()
         self.changed = threading.Condition()
         self.gone = False
         self._waiting: list[ForkedProcess] = []  # spawned, pid not yet known, in order
@@ -140,6 +141,11 @@ class ForkServer:
         """The fork server's own exit status once it is gone (1 if it is still running)."""
         code = self.process.poll()
         return 1 if code is None or code == 0 else code
+
+    def last_words(self, timeout: float = 2.0) -> list[str]:
+        """Its output, all of it once it has exited (its stderr then reaches its end)."""
+        self._drainer.join(timeout)
+        return list(self.log)
 
     def _read(self) -> None:
         try:
@@ -180,8 +186,7 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        deadline = time.monotonic() + 5
-        self.wait_for(lambda: self.gone, max(0.0, deadline - time.monotonic()))
+        self.wait_for(lambda: self.gone, 5.0)
 
 
 def _alive(pid: int) -> bool:

@@ -119,8 +119,7 @@ class LocalWorkers:
                 return
         lines = self.logs[host]
         if not lines and isinstance(process, ForkedProcess):  # it was never forked
-            time.sleep(0.2)  # the fork server's last words may still be on their way
-            lines = [f"(the fork server failed) {line}" for line in self._forks.log]
+            lines = [f"(the fork server failed) {line}" for line in self._forks.last_words()]
         output = "\n".join(lines[-20:])
         raise LaunchError(f"local worker {host} did not start:\n{output}")
 

@@ -115,17 +115,16 @@ class ForkServer:
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
-        wake_r = self.wake_r
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through the fd
         while not self.stopping:
             try:
-                ready, _, _ = select.select([self.control, wake_r], [], [], 1.0)
+                ready, _, _ = select.select([self.control, self.wake_r], [], [], 1.0)
             except InterruptedError:
                 ready = []
-            if wake_r in ready:
-                os.read(wake_r, 4096)
+            if self.wake_r in ready:
+                os.read(self.wake_r, 4096)
             self._reap()
             if self.control in ready and not self._read_requests():
                 break  # the parent closed its end or died
@@ -145,9 +144,8 @@ class ForkServer:
         self.fds += fds
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
-            if not self.fds:
-                self._send({"error": "request without an output descriptor"})
-                continue
+            if not self.fds:  # not our parent's protocol: stop, as on a closed socket
+                return False
             self._fork(json.loads(line), self.fds.pop(0))
         if len(self.buffer) > MAX_REQUEST:
             return False
