@@ -1,22 +1,34 @@
-"""The Exchange data plane against raw TCP on loopback, for large tensors.
+"""The Exchange data plane against bare gRPC and raw TCP, for large tensors.
 
-    python -m bench.dataplane [--sizes-mib 1,16,64] [--repeats 5]
+    python -m bench.dataplane [--sizes-mib 1,16,64] [--repeats 5] [--link 5,1000]
 
 One worker process holds a parameter-free segment (Identity); a Forward op sends a
-float32 tensor of each size and gets the same size back. Raw TCP does the same
-round trip between two processes with Python sockets (one sendall, one recv loop
-each way). "protobuf" is the same Exchange with every tensor inside its messages
-(SPLITNN_LIFT_MIN_BYTES past any size, in the worker and here), as before
-splitnn.wire.lift. Printed: MB/s of each and the ratios, in one run, the three
-round trips in turn. One torch thread in this process, as in every worker and every other
-bench: with two, the assembler's copy ran on an OpenMP pool whose waiting thread
-spun on the core the worker needed.
+float32 tensor of each size and gets the same size back. Beside it, the same round
+trip three other ways, in turn with it in one run:
+- "protobuf": the Exchange with every tensor inside its messages
+  (SPLITNN_LIFT_MIN_BYTES past any size, in the worker and here), as before
+  splitnn.wire.lift;
+- "gRPC echo": a bare gRPC Python stream echoing bytes in 1 MiB messages
+  (bench.grpc_echo; no protobuf, no splitnn), the ceiling of anything over gRPC;
+- "raw TCP": two processes with Python sockets (one sendall, one recv loop each
+  way), the link itself.
+Printed: MB/s of each and the Exchange's ratios to them.
+
+`--link D,R` puts the worker and both echoes in a network namespace behind
+bench.tunlink's switch, D ms each way and R Mbit/s, this process in the machine's
+own: the speed of a modelled network, not of loopback.
+
+One torch thread in this process, as in every worker and every other bench: with
+two, the assembler's copy ran on an OpenMP pool whose waiting thread spun on the
+core the worker needed. This process and both echoes keep freed memory as the
+workers do (splitnn.memory; SPLITNN_KEEP_MEMORY=0 sets it off in all of them).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import socket
 import statistics
@@ -26,6 +38,8 @@ import time
 
 import torch
 
+from bench import grpc_echo, tunlink
+from splitnn.memory import keep_freed_memory
 from splitnn.model import optim as optim_specs
 from splitnn.orchestrator.config_workers import WorkerConfig
 from splitnn.orchestrator.local_start import LocalStart
@@ -35,10 +49,12 @@ from splitnn.wire import lift
 from splitnn.wire.ops import Op, OpKind
 
 PLAIN = str(1 << 40)  # SPLITNN_LIFT_MIN_BYTES that no tensor reaches: protobuf only
+HOST = "bob"
 
 _ECHO = """
 import socket, sys
-srv = socket.create_server(("127.0.0.1", 0)); print(srv.getsockname()[1], flush=True)
+from splitnn.memory import keep_freed_memory; keep_freed_memory()
+srv = socket.create_server((sys.argv[1], 0)); print(srv.getsockname()[1], flush=True)
 c, _ = srv.accept()
 while True:
     head = c.recv(8, socket.MSG_WAITALL)
@@ -49,29 +65,60 @@ while True:
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where the far end of every round trip runs: its address and command prefix."""
+
+    host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+
 @contextlib.contextmanager
-def raw_echo():
+def _process(place: Place, argv: list[str]):
+    """A process at `place` that prints the port it listens on; yields the port."""
+    process = subprocess.Popen([*place.prefix, *argv], stdout=subprocess.PIPE, text=True)
+    try:
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def raw_echo(place: Place):
     """A raw TCP echo process and a connection to it; yields `round(nbytes)`, the
     seconds of one round trip of `nbytes` each way (one sendall, one recv loop)."""
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(echo.stdout.readline())
-        with socket.create_connection(("127.0.0.1", port)) as sock:
+    argv = [sys.executable, "-c", _ECHO, place.host]
+    with _process(place, argv) as port, socket.create_connection((place.host, port)) as sock:
 
-            def round_trip(nbytes: int) -> float:
-                payload, buf = bytes(nbytes), bytearray(nbytes)
-                start = time.perf_counter()
-                sock.sendall(nbytes.to_bytes(8, "little") + payload)
-                sock.recv(8, socket.MSG_WAITALL)
-                view, got = memoryview(buf), 0
-                while got < nbytes:
-                    got += sock.recv_into(view[got:])
-                return time.perf_counter() - start
+        def round_trip(nbytes: int) -> float:
+            payload, buf = bytes(nbytes), bytearray(nbytes)
+            start = time.perf_counter()
+            sock.sendall(nbytes.to_bytes(8, "little") + payload)
+            sock.recv(8, socket.MSG_WAITALL)
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                got += sock.recv_into(view[got:])
+            return time.perf_counter() - start
 
-            yield round_trip
-    finally:
-        echo.kill()
-        echo.wait()
+        yield round_trip
+
+
+@contextlib.contextmanager
+def bare_grpc_echo(place: Place):
+    """A bench.grpc_echo process and a stream to it; yields `round(nbytes)`."""
+    argv = [sys.executable, "-m", "bench.grpc_echo", "--listen", f"{place.host}:0"]
+    with _process(place, argv) as port, grpc_echo.echo_stream(f"{place.host}:{port}") as send:
+
+        def round_trip(nbytes: int) -> float:
+            payload = bytes(nbytes)
+            start = time.perf_counter()
+            got = send(payload)
+            seconds = time.perf_counter() - start
+            assert got == nbytes
+            return seconds
+
+        yield round_trip
 
 
 def exchange(client: WorkerClient, run_id: str, nbytes: int, repeats: int) -> float:
@@ -91,15 +138,18 @@ def exchange(client: WorkerClient, run_id: str, nbytes: int, repeats: int) -> fl
 
 
 @contextlib.contextmanager
-def identity_worker(min_bytes: str | None):
-    """A local worker holding an Identity segment, its lifting threshold `min_bytes`
-    (None: the default); yields a client on it."""
+def identity_worker(min_bytes: str | None, place: Place = Place()):
+    """A local worker at `place` holding an Identity segment, its lifting threshold
+    `min_bytes` (None: the default); yields a client on it."""
     saved = os.environ.pop("SPLITNN_LIFT_MIN_BYTES", None)
     if min_bytes is not None:
         os.environ["SPLITNN_LIFT_MIN_BYTES"] = min_bytes
+    where = {"worker_args": {HOST: ["--listen", f"{place.host}:0"]}}
+    if place.prefix:
+        where["prefix"] = {HOST: list(place.prefix)}
     try:
-        with LocalStart({"bob": WorkerConfig("bob", None)}) as started:
-            client = started.security.client_factory()("bob", started.addresses()["bob"])
+        with LocalStart({HOST: WorkerConfig(HOST, None)}, **where) as started:
+            client = started.security.client_factory()(HOST, started.addresses()[HOST])
             client.wait_ready(30)
             sgd = optim_specs.normalize({"name": "sgd", "lr": 0.1}, "optimizer")
             client.load_segment("dataplane", 0, [{"type": "Identity"}], sgd, None)
@@ -120,31 +170,62 @@ def timed(client, nbytes: int, min_bytes: int) -> float:
         lift.MIN_BYTES = default
 
 
+@contextlib.contextmanager
+def place_for(link: str | None):
+    """Loopback, or a host behind a TunLink of `link` ("D,R": ms each way, Mbit/s)."""
+    if link is None:
+        yield Place(), "loopback"
+        return
+    delay_ms, mbit = (float(v) for v in link.split(","))
+    why_not = tunlink.available()
+    if why_not:
+        raise SystemExit(f"--link: {why_not}")
+    with tunlink.TunLink([HOST], delay_ms, mbit) as tun:
+        place = Place(tun.address(HOST), tuple(tun.prefix(HOST)))
+        yield place, f"link of {delay_ms:g} ms each way, {mbit:g} Mbit/s"
+
+
+COLUMNS = ("protobuf", "Exchange", "gRPC echo", "raw TCP")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__)
     p.add_argument("--sizes-mib", default="1,16,64")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--link", default=None, help="D,R: through a modelled link (bench.tunlink)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    keep_freed_memory()  # as every worker does, and both echoes too
     sizes = [int(s) for s in args.sizes_mib.split(",")]
-    with identity_worker(PLAIN) as plain, identity_worker(None) as lifted, raw_echo() as raw:
+    with contextlib.ExitStack() as stack:
+        place, where = stack.enter_context(place_for(args.link))
+        plain = stack.enter_context(identity_worker(PLAIN, place))
+        lifted = stack.enter_context(identity_worker(None, place))
+        rounds = {
+            "protobuf": lambda n: timed(plain, n, int(PLAIN)),
+            "Exchange": lambda n: timed(lifted, n, lift.MIN_BYTES),
+            "gRPC echo": stack.enter_context(bare_grpc_echo(place)),
+            "raw TCP": stack.enter_context(raw_echo(place)),
+        }
+        print(f"round trips on {where}; MB/s both ways together")
         print(
-            f"{'MiB':>5} {'protobuf MB/s':>14} {'Exchange MB/s':>14} {'raw TCP MB/s':>13} "
-            f"{'x protobuf':>10} {'x raw TCP':>9}"
+            f"{'MiB':>5} " + " ".join(f"{c + ' MB/s':>14}" for c in COLUMNS) + " "
+            f"{'x protobuf':>10} {'x gRPC echo':>11} {'x raw TCP':>9}"
         )
         for mib in sizes:
             nbytes = mib << 20
-            timed(plain, nbytes, int(PLAIN)), timed(lifted, nbytes, lift.MIN_BYTES), raw(nbytes)
-            times: dict[str, list[float]] = {"plain": [], "lifted": [], "raw": []}
-            for _ in range(args.repeats):  # the three in turn, so a slow spell hits all
-                times["plain"].append(timed(plain, nbytes, int(PLAIN)))
-                times["lifted"].append(timed(lifted, nbytes, lift.MIN_BYTES))
-                times["raw"].append(raw(nbytes))
-            old, ours, tcp = (statistics.median(times[k]) for k in ("plain", "lifted", "raw"))
-            old_rate, ours_rate, raw_rate = (2 * nbytes / t / 1e6 for t in (old, ours, tcp))
+            for run in rounds.values():
+                run(nbytes)  # one round each first, untimed
+            times: dict[str, list[float]] = {name: [] for name in rounds}
+            for _ in range(args.repeats):  # all in turn, so a slow spell hits all
+                for name, run in rounds.items():
+                    times[name].append(run(nbytes))
+            median = {name: statistics.median(t) for name, t in times.items()}
+            ours = median["Exchange"]
+            rates = " ".join(f"{2 * nbytes / median[c] / 1e6:>14.0f}" for c in COLUMNS)
             print(
-                f"{mib:>5} {old_rate:>14.0f} {ours_rate:>14.0f} {raw_rate:>13.0f} "
-                f"{old / ours:>10.2f} {tcp / ours:>9.2f}",
+                f"{mib:>5} {rates} {median['protobuf'] / ours:>10.2f} "
+                f"{median['gRPC echo'] / ours:>11.2f} {median['raw TCP'] / ours:>9.2f}",
                 flush=True,
             )
     return 0

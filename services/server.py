@@ -20,6 +20,7 @@ from splitnn import logs
 from splitnn.data.datasets import TOY_NAME, builtin, load_npz
 from splitnn.errors import SplitnnError
 from splitnn.lifetime import exit_with_parent
+from splitnn.memory import keep_freed_memory
 from splitnn.model import modules as operator_modules
 from splitnn.model.devices import resolve_device
 from splitnn.model.warm import warm_up_in_background
@@ -382,6 +383,7 @@ def main(argv=None) -> int:
     if args.exit_with_parent:
         exit_with_parent()
     logs.configure(args.log_format, args.log_level, worker=args.name)
+    keep_freed_memory()
     # gRPC hands every message between its threads; with the default 5 ms GIL switch
     # interval a woken thread can wait that long for its turn.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
