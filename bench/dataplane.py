@@ -21,7 +21,8 @@ own: the speed of a modelled network, not of loopback.
 One torch thread in this process, as in every worker and every other bench: with
 two, the assembler's copy ran on an OpenMP pool whose waiting thread spun on the
 core the worker needed. This process and both echoes keep freed memory as the
-workers do (splitnn.memory; SPLITNN_KEEP_MEMORY=0 sets it off in all of them).
+workers do (splitnn.memory, see bench/__init__.py; SPLITNN_KEEP_MEMORY=0 sets it
+off in all of them).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import time
 import torch
 
 from bench import grpc_echo, tunlink
-from splitnn.memory import keep_freed_memory
 from splitnn.model import optim as optim_specs
 from splitnn.orchestrator.config_workers import WorkerConfig
 from splitnn.orchestrator.local_start import LocalStart
@@ -195,7 +195,6 @@ def main(argv=None) -> int:
     p.add_argument("--link", default=None, help="D,R: through a modelled link (bench.tunlink)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    keep_freed_memory()  # as every worker does, and both echoes too
     sizes = [int(s) for s in args.sizes_mib.split(",")]
     with contextlib.ExitStack() as stack:
         place, where = stack.enter_context(place_for(args.link))

@@ -21,7 +21,6 @@ from splitnn.transport import grpc_env
 
 grpc_env.apply()
 
-from splitnn.memory import keep_freed_memory  # noqa: E402
 from splitnn.transport.channels import create_channel, create_server  # noqa: E402
 
 METHOD = "/bench.Echo/Echo"
@@ -41,7 +40,6 @@ def _echo(requests, context):
 
 def serve(listen: str) -> None:
     """Serve the echo on `listen` until killed, after printing the port."""
-    keep_freed_memory()  # as a worker does
     server, port = create_server(listen, max_workers=4)
     handler = grpc.stream_stream_rpc_method_handler(_echo, _same, _same)
     service, method = METHOD.strip("/").split("/")
