@@ -18,17 +18,17 @@ from splitnn.services.segment import Segment
 
 @dataclass
 class OwedWork:
-    """Work a backward pass put off until its answer was out: the parameter gradients
-    (backpropagating `output` once more, from `grad`), then the optimizers' step."""
+    """Work a backward pass put off until its answer was out: the parameter gradients,
+    then the optimizers' step. `units`: (output, gradient at it, parameters) per part
+    of the chain, backpropagated each from its own output to its own parameters."""
 
     chain: list
-    params: list
-    output: torch.Tensor
-    grad: torch.Tensor | None
+    units: list
     step: bool = False
 
     def pay(self) -> None:
-        torch.autograd.backward(self.output, self.grad, inputs=self.params)
+        for output, grad, params in self.units:
+            torch.autograd.backward(output, grad, inputs=params)
         if self.step:
             step_chain(self.chain)
 
@@ -80,10 +80,20 @@ def check_run_id(run_id: str) -> None:
         raise InvalidArgument("run_id must be 1 to 128 characters")
 
 
-def apply_chain(chain: list[Segment], x: torch.Tensor) -> torch.Tensor:
+def apply_chain(chain: list[Segment], x: torch.Tensor, marks: list | None = None):
+    """The chain's output for `x`. With `marks`, each part of a segment that holds
+    trainable parameters (Segment.units) appends (its output, those parameters), for a
+    deferred backward to reach them from there (backward_chain)."""
     try:
         for segment in chain:
-            x = segment.module(x)
+            if marks is None:
+                x = segment.module(x)
+                continue
+            for module, params in segment.units:
+                x = module(x)
+                trainable = [p for p in params if p.requires_grad]
+                if trainable:
+                    marks.append((x, trainable))
     except (RuntimeError, ValueError, IndexError) as err:
         raise InvalidArgument(f"segment {segment.index} cannot take this input: {err}") from None
     return x
@@ -96,13 +106,16 @@ def chain_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.T
         raise InvalidArgument(f"{name} cannot take this output: {err}") from None
 
 
-def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False):
+def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False, marks=None):
     """Backpropagate `grad` (None for a scalar loss) from `out`. Returns (gradient of
     `leaf`, work owed). With `defer` and both a leaf and trainable parameters, only the
-    leaf's gradient is computed now: the parameters' gradients (and the `step`) are
-    owed (OwedWork), so the next host need not wait for them; otherwise the caller
-    steps. Either way each gradient comes from the same kernels on the same values,
-    hence the same floats."""
+    leaf's gradient is computed now, with the gradient at every output in `marks` (from
+    apply_chain) on the way: the parameters' gradients (and the `step`) are owed
+    (OwedWork), each part's from its own output, so the next host need not wait for
+    them and no gradient between parts is computed twice. Without marks the owed pass
+    runs from `out`, through the whole chain again. Otherwise the caller steps. Either
+    way each gradient comes from the same kernels on the same values, hence the same
+    floats."""
     params = [p for segment in chain for p in segment.parameters if p.requires_grad]
     try:
         if leaf is None:
@@ -111,10 +124,23 @@ def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False):
         if not (defer and params):
             out.backward(grad)
             return leaf.grad, None
-        (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
+        if not marks:
+            (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
+            return leaf_grad, OwedWork(chain, [(out, grad, params)], step)
+        outputs = [output for output, _ in marks]
+        leaf_grad, *grads = torch.autograd.grad(
+            out, [leaf, *outputs], grad, retain_graph=True, allow_unused=True
+        )
     except RuntimeError as err:  # autograd refuses this graph or gradient
         raise InvalidArgument(f"backward through segments failed: {err}") from None
-    return leaf_grad, OwedWork(chain, params, out, grad, step)
+    if leaf_grad is None:  # as autograd.grad says of an unused input without allow_unused
+        raise InvalidArgument("backward through segments failed: the input is not used")
+    units = [
+        (output, g, unit_params)
+        for (output, unit_params), g in zip(reversed(marks), reversed(grads), strict=True)
+        if g is not None  # a part whose output the chain's output does not use
+    ]
+    return leaf_grad, OwedWork(chain, units, step)
 
 
 def step_chain(chain: list[Segment]) -> None:

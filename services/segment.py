@@ -60,18 +60,34 @@ class Segment:
         self.parameters = list(self.module.parameters())
         self.buffers = list(self.module.buffers())
         self.dtype = self.parameters[0].dtype if self.parameters else torch.float32
+        self.units = _units(self.module, self.parameters)
 
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters)
 
 
+def _units(module: nn.Module, parameters: list) -> list[tuple[nn.Module, list]]:
+    """The parts a deferred backward reaches parameters from (chain.backward_chain):
+    each layer of a Sequential with its own parameters, or the whole module where its
+    layers share a parameter or it is not a Sequential (a host's own operator)."""
+    if isinstance(module, nn.Sequential):
+        units = [(layer, list(layer.parameters())) for layer in module]
+        owned = [id(p) for _, params in units for p in params]
+        if len(owned) == len(set(owned)) == len(parameters):
+            return units
+    return [(module, parameters)]
+
+
 @dataclass
 class PendingBatch:
-    """What Backward needs from a Forward: the input leaf and the output."""
+    """What Backward needs from a Forward: the input leaf, the output, and the outputs
+    of the parts holding parameters (apply_chain's marks; held until the backward, a
+    layer's output that autograd would not have kept among them)."""
 
     input: torch.Tensor
     output: torch.Tensor
+    marks: list | None = None
     # The chain's buffers (running statistics) from before this Forward, to undo it.
     buffers: list | None = None
 

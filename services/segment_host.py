@@ -297,10 +297,11 @@ class SegmentHost:
                 result.count = int(out.shape[0])
             return result
         leaf = x.detach().requires_grad_(needs_input_grad)
+        marks: list | None = [] if needs_input_grad else None  # only a deferred pass uses them
         with self._autocast():
-            out = apply_chain(chain, leaf)
+            out = apply_chain(chain, leaf, marks)
         if loss is None:
-            self._pending[key] = PendingBatch(leaf, out)
+            self._pending[key] = PendingBatch(leaf, out, marks)
             return ForwardResult(output=self._leaving(out.detach(), x))
         loss_name, _, _ = loss
         value = chain_loss(loss_name, out, target)
@@ -311,7 +312,9 @@ class SegmentHost:
         # micro-batch backpropagates its share of a mean loss (LossSpec.scale).
         leaf = leaf if needs_input_grad else None
         scaled = value if scale == 1.0 else value * scale
-        grad, owed = backward_chain(chain, out=scaled, grad=None, leaf=leaf, defer=not step)
+        grad, owed = backward_chain(
+            chain, out=scaled, grad=None, leaf=leaf, defer=not step, marks=marks
+        )
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if owed is not None:
@@ -375,7 +378,13 @@ class SegmentHost:
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
                 leaf = pending.input if pending.input.requires_grad else None
                 input_grad, owed = backward_chain(
-                    chain, pending.output, output_grad, leaf, defer=True, step=step
+                    chain,
+                    pending.output,
+                    output_grad,
+                    leaf,
+                    defer=True,
+                    step=step,
+                    marks=pending.marks,
                 )
             del self._pending[key]
             if owed is not None:

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from splitnn.data.datasets import TOY_NAME, Dataset, builtin
 from splitnn.errors import (
@@ -758,5 +759,48 @@ def test_input_gradient_first_gives_the_floats_of_one_backward_pass():
         input_grad = host.backward(RUN, [0], batch, grad, step=True)
         assert torch.equal(input_grad, leaf.grad)
         host.settle(RUN, [0])
+    for name, value in model_state(reference).items():
+        assert torch.equal(host.export_segment(RUN, 0)[name], value), name
+
+
+class _MatrixProducts(TorchDispatchMode):
+    """Counts the matrix products torch runs while active (autograd's included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_deferred_pass_computes_no_gradient_between_layers_again():
+    # Two Linear layers: answering the input gradient takes two products (through
+    # each layer); what is put off is each layer's weight gradient, one product each.
+    # Backpropagating the whole chain again would also redo the product through the
+    # second layer (three), and so cost the middle host a third more than one pass.
+    layers = [
+        {"type": "Linear", "in_features": 4, "out_features": 8},
+        {"type": "ReLU"},
+        {"type": "Linear", "in_features": 8, "out_features": 3},
+    ]
+    torch.manual_seed(2)
+    reference = layer_specs.build_segment(layers)
+    host = SegmentHost("bob")
+    host.load_segment(RUN, 0, layers, SGD, model_state(reference))
+    x, grad = torch.randn(5, 4), torch.randn(5, 3)
+    host.forward(RUN, [0], 1, input=x)
+    with _MatrixProducts() as answering:
+        input_grad = host.backward(RUN, [0], 1, grad, step=True)
+    with _MatrixProducts() as deferred:
+        host.settle(RUN, [0])
+    assert (answering.count, deferred.count) == (2, 2)
+
+    leaf = x.clone().requires_grad_(True)
+    reference(leaf).backward(grad)
+    torch.optim.SGD(reference.parameters(), lr=SGD["lr"]).step()
+    assert torch.equal(input_grad, leaf.grad)
     for name, value in model_state(reference).items():
         assert torch.equal(host.export_segment(RUN, 0)[name], value), name
