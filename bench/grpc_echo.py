@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import queue
 import sys
 
@@ -34,7 +35,10 @@ def _echo(requests, context):
     """Each payload comes as a count (8 bytes), then that many messages; all of them go
     back once the last is in, as a worker answers a tensor only once it is whole."""
     for head in requests:
-        pieces = [next(requests) for _ in range(int.from_bytes(head, "little"))]
+        count = int.from_bytes(head, "little")
+        pieces = list(itertools.islice(requests, count))
+        if len(pieces) < count:
+            return  # the caller went away mid-payload
         yield from pieces
 
 

@@ -5,7 +5,7 @@ MiB a step on the MNIST MLP at batch 1024, 32 MiB for a 16 MiB tensor's round
 trip), and glibc gives freed memory back to the kernel once the top of its heap
 holds more than twice its mmap threshold (128 KiB to start with). The next step
 then faults in every page anew, and the kernel zeroes each one: building and
-framing a 16 MiB op took 14.8 ms so, 2.2 ms with the pages kept (timed in
+framing a 16 MiB op took 13.3 ms so, 2.0 ms with the pages kept (timed in
 process). `keep_freed_memory` raises both thresholds, as `mallopt(3)` allows: a
 block of up to 32 MiB comes from the heap, and a heap keeps up to TRIM_BYTES free.
 The cost: a worker's resident memory stays near its peak, and each of glibc's

@@ -23,3 +23,8 @@ def test_every_way_round_trips_the_whole_payload():
 def test_the_echo_answers_a_payload_only_when_it_is_whole():
     requests = iter([(2).to_bytes(8, "little"), b"ab", b"cd", (1).to_bytes(8, "little"), b"e"])
     assert list(grpc_echo._echo(requests, None)) == [b"ab", b"cd", b"e"]
+
+
+def test_the_echo_ends_quietly_when_its_caller_goes_mid_payload():
+    requests = iter([(2).to_bytes(8, "little"), b"ab"])
+    assert list(grpc_echo._echo(requests, None)) == []
