@@ -18,11 +18,7 @@ import sys
 
 import grpc
 
-from splitnn.transport import grpc_env
-
-grpc_env.apply()
-
-from splitnn.transport.channels import create_channel, create_server  # noqa: E402
+from splitnn.transport.channels import create_channel, create_server
 
 METHOD = "/bench.Echo/Echo"
 

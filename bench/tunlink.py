@@ -17,10 +17,11 @@ that a Python switch keeps up with a gigabit. Needs root, `ip netns` and
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import subprocess
 import sys
+
+from splitnn.libc import libc
 
 SUBNET = "10.78.0"
 MTU = 9000
@@ -49,10 +50,9 @@ def available() -> str | None:
 def enter_netns(name: str) -> None:
     """Move the calling thread (and the threads it starts later) into namespace `name`:
     call it first thing in a fresh process, before it opens any socket."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
+        if libc().setns(fd, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into {name} failed")
     finally:
         os.close(fd)

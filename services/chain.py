@@ -106,16 +106,15 @@ def chain_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.T
         raise InvalidArgument(f"{name} cannot take this output: {err}") from None
 
 
-def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False, marks=None):
+def backward_chain(chain, out, grad, leaf, marks, defer: bool, step: bool = False):
     """Backpropagate `grad` (None for a scalar loss) from `out`. Returns (gradient of
     `leaf`, work owed). With `defer` and both a leaf and trainable parameters, only the
     leaf's gradient is computed now, with the gradient at every output in `marks` (from
-    apply_chain) on the way: the parameters' gradients (and the `step`) are owed
-    (OwedWork), each part's from its own output, so the next host need not wait for
-    them and no gradient between parts is computed twice. Without marks the owed pass
-    runs from `out`, through the whole chain again. Otherwise the caller steps. Either
-    way each gradient comes from the same kernels on the same values, hence the same
-    floats."""
+    apply_chain, made whenever there is a leaf) on the way: the parameters' gradients
+    (and the `step`) are owed (OwedWork), each part's from its own output, so the next
+    host need not wait for them and no gradient between parts is computed twice.
+    Otherwise the caller steps. Either way each gradient comes from the same kernels
+    on the same values, hence the same floats."""
     params = [p for segment in chain for p in segment.parameters if p.requires_grad]
     try:
         if leaf is None:
@@ -124,9 +123,6 @@ def backward_chain(chain, out, grad, leaf, defer: bool, step: bool = False, mark
         if not (defer and params):
             out.backward(grad)
             return leaf.grad, None
-        if not marks:
-            (leaf_grad,) = torch.autograd.grad(out, leaf, grad, retain_graph=True)
-            return leaf_grad, OwedWork(chain, [(out, grad, params)], step)
         outputs = [output for output, _ in marks]
         leaf_grad, *grads = torch.autograd.grad(
             out, [leaf, *outputs], grad, retain_graph=True, allow_unused=True

@@ -42,9 +42,6 @@ def preload() -> None:
     """Import and warm what every worker needs, without gRPC."""
     import torch
 
-    from splitnn.memory import keep_freed_memory
-
-    keep_freed_memory()  # before the warm-up, so its blocks stay for the workers too
     torch.set_num_threads(1)
     from splitnn.model.warm import warm_up
 

@@ -312,9 +312,7 @@ class SegmentHost:
         # micro-batch backpropagates its share of a mean loss (LossSpec.scale).
         leaf = leaf if needs_input_grad else None
         scaled = value if scale == 1.0 else value * scale
-        grad, owed = backward_chain(
-            chain, out=scaled, grad=None, leaf=leaf, defer=not step, marks=marks
-        )
+        grad, owed = backward_chain(chain, scaled, None, leaf, marks, defer=not step)
         if grad is not None and not all_finite(grad):
             raise NumericalError(f"input gradient is not finite at batch {key[2]}")
         if owed is not None:
@@ -378,13 +376,7 @@ class SegmentHost:
             if pending.output.requires_grad:  # no graph: parameter-free chain on own data
                 leaf = pending.input if pending.input.requires_grad else None
                 input_grad, owed = backward_chain(
-                    chain,
-                    pending.output,
-                    output_grad,
-                    leaf,
-                    defer=True,
-                    step=step,
-                    marks=pending.marks,
+                    chain, pending.output, output_grad, leaf, pending.marks, defer=True, step=step
                 )
             del self._pending[key]
             if owed is not None:

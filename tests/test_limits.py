@@ -216,7 +216,7 @@ def test_an_autograd_failure_is_an_invalid_argument():
     out = torch.zeros(2, 3)  # no graph behind it
 
     with pytest.raises(InvalidArgument, match="backward"):
-        backward_chain(chain, out, torch.ones(2, 3), torch.zeros(2, 4), defer=False)
+        backward_chain(chain, out, torch.ones(2, 3), torch.zeros(2, 4), [], defer=False)
 
 
 def test_unknown_forward_modes_are_refused_and_long_strings_are_cut(worker):
