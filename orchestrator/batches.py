@@ -57,6 +57,7 @@ def drive_batches(
             segments=stage.segments,
             address=client.address,
             server_name=client.server_name or "",
+            data_address=client.data_address or "",
         )
     for offset, rows in enumerate(batches):
         request.batches.add(batch_id=first_id + (0 if evaluate else offset), indices=rows)

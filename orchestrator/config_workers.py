@@ -15,7 +15,7 @@ from typing import NoReturn
 from splitnn.errors import ConfigError
 
 OWNER = "owner"
-_WORKER_KEYS = {"address", "data", "server_name"}
+_WORKER_KEYS = {"address", "data", "server_name", "data_address"}
 
 
 @dataclass
@@ -26,6 +26,9 @@ class WorkerConfig:
     address: str | None
     data: dict[str, Path] = field(default_factory=dict)
     server_name: str | None = None
+    # Where its data port listens (splitnn-worker --data-port): the data owner's
+    # worker sends it the training ops there instead of over gRPC.
+    data_address: str | None = None
 
 
 def unknown_fields(table: dict, allowed: set, where: str, fail) -> None:
@@ -55,9 +58,11 @@ def parse_workers(raw: dict, path: Path) -> dict[str, WorkerConfig]:
         if not isinstance(entry, dict):
             fail(where, "expected a table with address and data")
         unknown_fields(entry, _WORKER_KEYS, where, fail)
+        for key in ("address", "data_address"):
+            value = entry.get(key)
+            if value is not None and (not isinstance(value, str) or ":" not in value):
+                fail(f"{where}.{key}", f"expected HOST:PORT, got {value!r}")
         address = entry.get("address")
-        if address is not None and (not isinstance(address, str) or ":" not in address):
-            fail(f"{where}.address", f"expected HOST:PORT, got {address!r}")
         data = entry.get("data", {})
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             fail(f"{where}.data", "expected a table of dataset name = path")
@@ -66,6 +71,7 @@ def parse_workers(raw: dict, path: Path) -> dict[str, WorkerConfig]:
             address,
             {k: (path.parent / v).resolve() for k, v in data.items()},
             entry.get("server_name"),
+            entry.get("data_address"),
         )
     return workers
 

@@ -95,6 +95,12 @@ class LocalStart:
         assert self._local is not None, "LocalStart used outside its with block"
         return self._local.wait_started()
 
+    def data_addresses(self) -> dict[str, str]:
+        """The data port of every worker that serves one, once it listens."""
+        self.addresses()
+        assert self._local is not None
+        return dict(self._local.data_addresses)
+
     def matches(self, workers: dict[str, WorkerConfig]) -> bool:
         """Whether these workers are the ones a config asks for (same hosts and data)."""
         return {h: w.data for h, w in workers.items()} == {

@@ -18,6 +18,12 @@ from splitnn.errors import LaunchError
 from splitnn.orchestrator.forked_workers import ForkedProcess, ForkServer, can_fork
 
 _LISTENING = re.compile(r"splitnn-worker \S+ listening on (\S+)")
+_DATA_PORT = re.compile(r"splitnn-worker \S+ data port on (\S+)")
+
+
+def data_port_wanted() -> bool:
+    """Whether local workers serve a data port (SPLITNN_DATA_PORT=0: gRPC alone)."""
+    return os.environ.get("SPLITNN_DATA_PORT", "1") != "0"
 
 
 @dataclass
@@ -32,11 +38,14 @@ class LocalWorkers:
     # A command each host's worker runs under (e.g. `ip netns exec NS`); such a worker is
     # a process of its own, never forked.
     prefix: dict[str, list[str]] = field(default_factory=dict)
+    # Each worker also serves its data port (--data-port 0), which drivers then use.
+    data_port: bool = field(default_factory=data_port_wanted)
 
     def __post_init__(self):
         self.processes: dict[str, subprocess.Popen | ForkedProcess] = {}
         self._forks: ForkServer | None = None
         self.addresses: dict[str, str] = {}
+        self.data_addresses: dict[str, str] = {}  # host -> its data port, when it has one
         self.logs: dict[str, list[str]] = {}
 
     def __enter__(self) -> LocalWorkers:
@@ -80,6 +89,8 @@ class LocalWorkers:
             "WARNING",
             "--exit-with-parent",
         ]
+        if self.data_port:
+            args += ["--data-port", "0"]
         if not self.extra_args.get(host):
             args.append("--insecure")  # loopback only; secured runs pass their own flags
         for name, path in self.data[host].items():
@@ -111,6 +122,9 @@ class LocalWorkers:
                     break
                 continue
             self.logs[host].append(line.rstrip())
+            data_port = _DATA_PORT.search(line)
+            if data_port:
+                self.data_addresses[host] = data_port.group(1)
             match = _LISTENING.search(line)
             if match:
                 self.addresses[host] = match.group(1)

@@ -71,9 +71,13 @@ def connected_workers(
                 started = stack.enter_context(LocalStart(config.workers, security, threads))
             security = started.security
             addresses = started.addresses()
+            data_addresses = started.data_addresses()
             server_names = {}  # local workers present their own host's certificate
         else:
             addresses = {}
+            data_addresses = {
+                h: w.data_address for h, w in config.workers.items() if w.data_address
+            }
             for host, worker in config.workers.items():
                 if worker.address is None:
                     raise ConfigError(
@@ -88,7 +92,8 @@ def connected_workers(
                 host: factory(host, addr, server_names.get(host))
                 for host, addr in addresses.items()
             }
-        for client in clients.values():
+        for host, client in clients.items():
+            client.data_address = data_addresses.get(host)
             stack.callback(client.close)
         for client in clients.values():
             _wait_ready(client, connect_timeout, security, server_names.get(client.name))

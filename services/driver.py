@@ -27,6 +27,7 @@ from splitnn.services.segment_host import SegmentHost
 from splitnn.training.pipeline import Pipeline, Stage
 from splitnn.transport import busy_poll
 from splitnn.transport.aio_client import AsyncExchangeClient
+from splitnn.transport.data_client import AsyncDataClient
 from splitnn.v1 import worker_pb2
 
 FLUSH_SECONDS = 0.25
@@ -42,8 +43,10 @@ class Driver:
     A peer connection (one Exchange stream) serves one Drive call at a time:
     concurrent runs each check out their own, so their ops never interleave.
     `client_factory(name, address, server_name)` makes an AsyncExchangeClient-like
-    client; it is called on the driver's event loop. The loop polls for up to
-    `spin_seconds` before it sleeps (splitnn.transport.busy_poll); 0 turns that off.
+    client, and `data_client_factory` the same for a stage that names its host's data
+    port (an AsyncDataClient); both are called on the driver's event loop. The loop
+    polls for up to `spin_seconds` before it sleeps (splitnn.transport.busy_poll); 0
+    turns that off.
     """
 
     def __init__(
@@ -51,11 +54,17 @@ class Driver:
         host: SegmentHost,
         client_factory=None,
         spin_seconds: float = busy_poll.DEFAULT_SPIN_SECONDS,
+        data_client_factory=None,
     ):
         self.host = host
         self.spin_seconds = spin_seconds
         self.client_factory = client_factory or (
             lambda name, address, server_name=None: AsyncExchangeClient(
+                name, address, server_name=server_name
+            )
+        )
+        self.data_client_factory = data_client_factory or (
+            lambda name, address, server_name=None: AsyncDataClient(
                 name, address, server_name=server_name
             )
         )
@@ -88,14 +97,17 @@ class Driver:
     def _checkout(self, stage: worker_pb2.Stage):
         if not stage.address:
             raise InvalidArgument(f"stage on host {stage.host!r} has no address")
-        key = _peer_key(stage.host, stage.address, stage.server_name)
+        address, factory = stage.address, self.client_factory
+        if stage.data_address:  # the host's data port: ops in frames beside gRPC
+            address, factory = stage.data_address, self.data_client_factory
+        key = _peer_key(stage.host, address, stage.server_name)
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
         # With TLS, the peer must present a certificate for `server_name`, or else
         # for its host name.
-        return self.client_factory(stage.host, stage.address, stage.server_name or None)
+        return factory(stage.host, address, stage.server_name or None)
 
     async def _checkin(self, clients: dict, healthy: bool) -> None:
         for client in clients.values():

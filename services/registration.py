@@ -39,7 +39,7 @@ class Malformed:
 TENSOR_METHODS = {"Exchange", "Forward", "Backward"}
 
 
-def _parser(message_class, lifting: bool = False):
+def parser(message_class, lifting: bool = False):
     read = lift.Parser(message_class) if lifting else message_class.FromString
 
     def parse(data: bytes):
@@ -51,18 +51,24 @@ def _parser(message_class, lifting: bool = False):
     return parse
 
 
-def _checked(messages):
+def checked(messages):
     for message in messages:
         if isinstance(message, Malformed):
             raise InvalidArgument(message.reason)
         yield message
 
 
+# The Exchange as the data port carries it (services.data_port): parsed and framed
+# as on the gRPC stream.
+PARSE_EXCHANGE = parser(worker_pb2.ExchangeRequest, lifting=True)
+FRAME_EXCHANGE = lift.Framer(worker_pb2.ExchangeResponse)
+
+
 def _stream_request(behavior):
     # The servicer reads the stream inside its error mapping: InvalidArgument there
     # becomes the INVALID_ARGUMENT status.
     def handle(request_iterator, context):
-        return behavior(_checked(request_iterator), context)
+        return behavior(checked(request_iterator), context)
 
     return handle
 
@@ -88,7 +94,7 @@ def add_worker_service(servicer, server) -> None:
         make_handler = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make_handler(
             wrap(behavior),
-            request_deserializer=_parser(request_class, method.name in TENSOR_METHODS),
+            request_deserializer=parser(request_class, method.name in TENSOR_METHODS),
             response_serializer=(
                 lift.Framer(response_class)
                 if method.name in TENSOR_METHODS

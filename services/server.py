@@ -27,6 +27,7 @@ from splitnn.model.warm import warm_up_in_background
 from splitnn.security.access import DEFAULT_ORCHESTRATORS, AccessPolicy
 from splitnn.security.policy import Security, is_loopback
 from splitnn.services.chain_forward import PeerPool
+from splitnn.services.data_port import DataPortServer
 from splitnn.services.driver import Driver
 from splitnn.services.guard import (
     DEFAULT_CALLS_PER_IDENTITY,
@@ -41,6 +42,7 @@ from splitnn.services.servicer import WorkerServicer
 from splitnn.transport import busy_poll
 from splitnn.transport.aio_client import AsyncExchangeClient
 from splitnn.transport.channels import create_server
+from splitnn.transport.data_client import AsyncDataClient
 from splitnn.wire import codec
 
 log = logging.getLogger("splitnn.worker")
@@ -115,6 +117,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="PORT",
         help="also serve grpc.health.v1, and nothing else, in plaintext on this port of "
         "the --listen host (0: any free), for probes that cannot speak TLS",
+    )
+    p.add_argument(
+        "--data-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the training ops (Exchange) in frames over TCP on this port of the "
+        "--listen host (0: any free), with the same TLS, tokens and policy: a driving "
+        "worker told of it (Stage.data_address) sends its ops there, faster than gRPC",
     )
     p.add_argument(
         "--metrics-port",
@@ -283,6 +293,7 @@ class Worker:
     health_port: int | None = None
     metrics_server: object | None = None  # --metrics-port: Prometheus over HTTP
     metrics_port: int | None = None
+    data_server: DataPortServer | None = None  # --data-port: Exchange in frames
 
 
 def build(args: argparse.Namespace) -> Worker:
@@ -310,7 +321,7 @@ def build(args: argparse.Namespace) -> Worker:
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)
-        peer_factory = chain_factory = None  # plain AsyncExchangeClient, WorkerClient
+        peer_factory = chain_factory = data_factory = None  # plain clients
         access = AccessPolicy(args.orchestrator)
     else:
         server, port = create_server(
@@ -324,7 +335,19 @@ def build(args: argparse.Namespace) -> Worker:
         # token, expecting the peer called NAME to present a certificate for NAME.
         peer_factory = security.client_factory(AsyncExchangeClient)
         chain_factory = security.client_factory()
-    driver = Driver(host, client_factory=peer_factory, spin_seconds=args.busy_poll_us / 1e6)
+        ssl_context, token = security.ssl_client_context(), security.token
+
+        def data_factory(name: str, address: str, server_name: str | None = None):
+            return AsyncDataClient(
+                name, address, ssl_context=ssl_context, token=token, server_name=server_name
+            )
+
+    driver = Driver(
+        host,
+        client_factory=peer_factory,
+        spin_seconds=args.busy_poll_us / 1e6,
+        data_client_factory=data_factory,
+    )
     servicer = WorkerServicer(
         host,
         codec.DEFAULT_CHUNK_BYTES,
@@ -342,6 +365,14 @@ def build(args: argparse.Namespace) -> Worker:
             f"{bind_host(args)}:{args.health_port}", max_workers=2
         )
         add_health_only(health, worker.health_server)
+    if getattr(args, "data_port", None) is not None:
+        worker.data_server = DataPortServer(
+            servicer,
+            bind_host(args),
+            args.data_port,
+            ssl_context=security.ssl_server_context() if security is not None else None,
+            max_connections=threads,
+        )
     if getattr(args, "metrics_port", None) is not None:
         from splitnn.services.metrics import WorkerMetrics  # prometheus-client, only if asked
 
@@ -409,6 +440,9 @@ def main(argv=None) -> int:
     host = bind_host(args)
     where = "" if worker.host.device.type == "cpu" else f" (device {worker.host.device})"
     say = functools.partial(logs.announce, log_format=args.log_format, worker=args.name)
+    if worker.data_server is not None:  # before "listening": local starts read it first
+        worker.data_server.start()
+        say(f"splitnn-worker {args.name} data port on {host}:{worker.data_server.port}")
     say(f"splitnn-worker {args.name} listening on {host}:{worker.port}{where}")
     if worker.health_port is not None:
         say(f"splitnn-worker {args.name} health on {host}:{worker.health_port}")
@@ -423,6 +457,8 @@ def main(argv=None) -> int:
     # shutdown waiting for its grace period: close them first.
     worker.driver.close()
     worker.peers.close()
+    if worker.data_server is not None:
+        worker.data_server.close()
     if worker.health_server is not None:
         worker.health_server.stop(grace=0)
     if worker.metrics_server is not None:

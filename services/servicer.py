@@ -30,21 +30,31 @@ from splitnn.wire.ops import Op, OpKind, ops_from_proto, reply_to_proto, unwrap_
 log = logging.getLogger("splitnn.worker")
 
 
+def error_status(err: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status code and details a call ends with on `err`, raised while serving it;
+    None for what must propagate as it is (gRPC's own abort, an exit). Call it in the
+    `except` block: an unexpected error is logged with its traceback."""
+    if isinstance(err, WorkerError):  # a peer this worker called (when driving) failed
+        return reply_code(err), _details(str(err))
+    if isinstance(err, SplitnnError):
+        return status_code(err), _details(f"{type(err).__name__}: {err}")
+    if isinstance(err, grpc.RpcError) or not isinstance(err, Exception):
+        return None
+    if type(err).__name__ == "_AbortError":
+        return None
+    log.exception("unexpected error")  # keep serving; say what broke
+    return grpc.StatusCode.INTERNAL, _details(f"internal error: {type(err).__name__}")
+
+
 @contextlib.contextmanager
 def _errors_to_status(context: grpc.ServicerContext):
     try:
         yield
-    except WorkerError as err:  # a peer this worker called (when driving) failed
-        context.abort(reply_code(err), _details(str(err)))
-    except SplitnnError as err:
-        context.abort(status_code(err), _details(f"{type(err).__name__}: {err}"))
-    except grpc.RpcError:
-        raise
-    except Exception as err:  # keep serving; say what broke
-        if type(err).__name__ == "_AbortError" or isinstance(err, (KeyboardInterrupt, SystemExit)):
+    except Exception as err:
+        status = error_status(err)
+        if status is None:
             raise
-        log.exception("unexpected error")
-        context.abort(grpc.StatusCode.INTERNAL, _details(f"internal error: {type(err).__name__}"))
+        context.abort(*status)
 
 
 def _status_name(err: BaseException, context) -> str:
@@ -235,7 +245,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def _check_op(self, caller: Caller, op: Op) -> None:
         self.access.check_op(caller, op, self.host.runs.get(op.head.run_id))
 
-    def _serve(self, caller: Caller, heads, kind: OpKind | None):
+    def serve_exchange(self, caller: Caller, requests, chunk_bytes: int):
+        """The Exchange of a caller already identified and admitted (the data port):
+        ExchangeRequests in, ExchangeResponses out, chunked at `chunk_bytes`."""
+        heads = (unwrap_exchange(m) for m in requests)
+        return self._serve(caller, heads, None, chunk_bytes)
+
+    def _serve(self, caller: Caller, heads, kind: OpKind | None, chunk_bytes: int | None = None):
         """Apply a stream's ops in order and answer each: inside ExchangeResponses when
         `kind` is None (Exchange), else as bare responses of that kind. A backward pass
         sends its input gradient first: the work it put off (parameter gradients,
@@ -251,7 +267,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             try:
                 wire = getattr(op.head, "wire", 0)
                 replies = reply_to_proto(
-                    op.kind, answer, self.chunk_bytes, kind is None, wire, framed=True
+                    op.kind,
+                    answer,
+                    chunk_bytes or self.chunk_bytes,
+                    kind is None,
+                    wire,
+                    framed=True,
                 )
                 for message in replies:
                     self.bytes_sent += message.ByteSize()

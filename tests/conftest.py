@@ -23,6 +23,7 @@ class RunningWorker(NamedTuple):
     host: SegmentHost
     stub: worker_pb2_grpc.WorkerServiceStub
     address: str
+    servicer: object = None  # its services.servicer.WorkerServicer
 
 
 def start_worker(
@@ -53,7 +54,8 @@ def start_worker(
         channel.close()
         server.stop(grace=None).wait(timeout=10)
 
-    return RunningWorker(host, worker_pb2_grpc.WorkerServiceStub(channel), address), stop
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    return RunningWorker(host, stub, address, servicer), stop
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,35 @@ class Security:
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+
+    def ssl_server_context(self) -> ssl.SSLContext | None:
+        """The data port's TLS (splitnn.transport.frames) as the gRPC port's: this
+        party's certificate, and client certificates signed by the CA required."""
+        if not self.tls:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def ssl_client_context(self) -> ssl.SSLContext | None:
+        """TLS to a peer's data port: verify it against the CA and its name (the
+        connection's server_hostname), present our certificate."""
+        if not self.tls:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the name, requires a cert
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load(context)
+        return context
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        self._pems()  # readable PEM files, or the same SecurityError as the gRPC side
+        try:
+            context.load_cert_chain(str(self.cert), str(self.key))
+            context.load_verify_locations(cafile=str(self.ca))
+        except (ssl.SSLError, OSError) as err:
+            raise SecurityError(f"cannot load TLS files for the data port: {err}") from None
 
     def metadata(self) -> tuple:
         """Call metadata carrying the token, if any."""

@@ -84,6 +84,9 @@ class PeerSettings:
         # The name our TLS check expects of the worker, when not `name` (a driving
         # worker is told it, to check the same name).
         self.server_name = server_name
+        # Where the worker's data port listens, when the driver is to use it (set by
+        # the orchestrator from the config or the local worker's announcement).
+        self.data_address: str | None = None
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self.retries = retries

@@ -380,16 +380,18 @@ class GetStatusResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ...) -> None: ...
 
 class Stage(_message.Message):
-    __slots__ = ("host", "segments", "address", "server_name")
+    __slots__ = ("host", "segments", "address", "server_name", "data_address")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     host: str
     segments: _containers.RepeatedScalarFieldContainer[int]
     address: str
     server_name: str
-    def __init__(self, host: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., address: _Optional[str] = ..., server_name: _Optional[str] = ...) -> None: ...
+    data_address: str
+    def __init__(self, host: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., address: _Optional[str] = ..., server_name: _Optional[str] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("batch_id", "indices")

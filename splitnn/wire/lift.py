@@ -216,13 +216,19 @@ class Framer:
         self.tree = _paths(message_class.DESCRIPTOR)
 
     def __call__(self, item) -> bytes:
+        pieces = self.pieces(item)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def pieces(self, item) -> list:
+        """The serialized message as buffers to send one after another, the tensor's
+        bytes among them as they are (a socket's sendmsg needs no join)."""
         if not isinstance(item, Framed):
-            return item.SerializeToString()
+            return [item.SerializeToString()]
         small = memoryview(item.message.SerializeToString())
         pieces = _insert(small, 0, len(small), self.tree, item.data)
         if pieces is None:  # ops.keep_beside frames only messages whose chunk is filled
             raise ValueError("a Framed message without a TensorChunk")
-        return b"".join(pieces)
+        return pieces
 
 
 def keep_beside(message, chunk, piece: memoryview):

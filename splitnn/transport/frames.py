@@ -1,0 +1,145 @@
+"""The data port's framing: length-prefixed frames on one TCP (or TLS) connection.
+
+A frame is a 5-byte header, its kind and the length of its payload, then the
+payload. A connection opens with one HELLO from the caller (a magic word and its
+token, if any); then the caller sends MESSAGE frames, each one ExchangeRequest
+exactly as on the gRPC Exchange stream, and the worker answers each with MESSAGE
+frames (ExchangeResponses) or, once, an ERROR (a gRPC status code and its
+details), after which it closes the connection as gRPC ends a stream. Nothing
+here is unpickled: payloads are protobuf messages or UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+
+import grpc
+import numpy
+
+HEADER = struct.Struct("!BI")
+MAGIC = b"splitnn-data/1 "
+MAX_HELLO_BYTES = 4096
+MAX_DETAILS_BYTES = 1024
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Kind(enum.IntEnum):
+    """What a frame carries."""
+
+    HELLO = 1
+    MESSAGE = 2
+    ERROR = 3
+
+
+class FrameError(Exception):
+    """Bytes that are not a frame this side accepts (unknown kind, too long, cut short)."""
+
+
+def header(kind: Kind, length: int) -> bytes:
+    """The header of a frame of `length` payload bytes."""
+    return HEADER.pack(kind, length)
+
+
+def hello(token: str | None) -> bytes:
+    """A caller's first frame, whole."""
+    payload = MAGIC + (token or "").encode()
+    return header(Kind.HELLO, len(payload)) + payload
+
+
+def token_of(payload: bytes) -> str | None:
+    """The token a HELLO payload carries (None: none); FrameError if it is no HELLO."""
+    if not payload.startswith(MAGIC):
+        raise FrameError("not a splitnn data-port hello")
+    token = payload[len(MAGIC) :]
+    try:
+        return token.decode() or None
+    except UnicodeDecodeError:
+        raise FrameError("the hello's token is not UTF-8") from None
+
+
+def error(code: grpc.StatusCode, details: str) -> bytes:
+    """An ERROR frame, whole: the status code's number, then its details (cut)."""
+    text = details.encode("utf-8", "replace")[:MAX_DETAILS_BYTES]
+    payload = bytes([code.value[0]]) + text
+    return header(Kind.ERROR, len(payload)) + payload
+
+
+def error_of(payload: bytes) -> tuple[grpc.StatusCode, str]:
+    """(code, details) of an ERROR payload; an unknown code reads as UNKNOWN."""
+    if not payload:
+        return grpc.StatusCode.UNKNOWN, "an empty error frame"
+    code = _CODES.get(payload[0], grpc.StatusCode.UNKNOWN)
+    return code, payload[1:].decode("utf-8", "replace")
+
+
+def parse_header(raw: bytes, max_bytes: int) -> tuple[Kind, int]:
+    """(kind, payload length) of a header; FrameError past `max_bytes` or an unknown kind."""
+    number, length = HEADER.unpack(raw)
+    try:
+        kind = Kind(number)
+    except ValueError:
+        raise FrameError(f"unknown frame kind {number}") from None
+    if length > max_bytes:
+        raise FrameError(f"a frame of {length} bytes is over the limit of {max_bytes}")
+    return kind, length
+
+
+def buffer(size: int) -> memoryview:
+    """A writable buffer of `size` bytes; large ones are left unzeroed (they are about
+    to be filled from a socket, and zeroing 16 MiB costs as much as receiving it)."""
+    if size < 65536:
+        return memoryview(bytearray(size))
+    return memoryview(numpy.empty(size, dtype=numpy.uint8)).cast("B")
+
+
+def _read_exactly(sock: socket.socket, size: int) -> memoryview | None:
+    """`size` bytes from a blocking socket; None at a clean end before the first byte."""
+    view, got = buffer(size), 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0:
+                return None
+            raise FrameError(f"the connection ended {size - got} bytes short of a frame")
+        got += n
+    return view
+
+
+def read_frame(sock: socket.socket, max_bytes: int) -> tuple[Kind, memoryview] | None:
+    """The next frame of a blocking socket (None: the peer closed between frames)."""
+    raw = _read_exactly(sock, HEADER.size)
+    if raw is None:
+        return None
+    kind, length = parse_header(raw.tobytes(), max_bytes)
+    payload = _read_exactly(sock, length) if length else memoryview(b"")
+    if payload is None:
+        raise FrameError("the connection ended inside a frame")
+    return kind, payload
+
+
+def pieces_of(kind: Kind, pieces: list) -> list:
+    """A frame's header and payload as buffers to send in turn, small ones joined."""
+    length = sum(len(piece) for piece in pieces)
+    if length < 65536:
+        return [header(kind, length) + b"".join(pieces)]
+    return [header(kind, length), *pieces]
+
+
+def send_frame(sock: socket.socket, kind: Kind, pieces: list) -> None:
+    """Send one frame on a blocking socket; its payload's pieces are not joined."""
+    out = pieces_of(kind, pieces)
+    if len(out) == 1 or not hasattr(sock, "sendmsg") or hasattr(sock, "cipher"):
+        for piece in out:  # TLS (one record stream either way), or one small piece
+            sock.sendall(piece)
+        return
+    views = [memoryview(piece).cast("B") for piece in out]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]

@@ -1,0 +1,203 @@
+"""The data port (services.data_port, splitnn.transport.frames / data_client): the
+same ops and answers as the gRPC Exchange, the same identities and policy, and bad
+input refused with its status code while the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import struct
+
+import grpc
+import pytest
+import torch
+
+from splitnn.errors import WorkerError
+from splitnn.security.access import AccessPolicy
+from splitnn.security.identity import parse_tokens
+from splitnn.services.data_port import DataPortServer
+from splitnn.services.guard import CallSlots
+from splitnn.transport import frames
+from splitnn.transport.client import FRAME_REQUEST
+from splitnn.transport.data_client import AsyncDataClient
+from splitnn.v1 import worker_pb2
+from splitnn.wire.ops import Op, OpKind, op_to_proto
+from tests.conftest import start_worker
+
+TOKENS = {name: secrets.token_hex(16) for name in ("orchestrator", "bob", "mallory")}
+
+
+@pytest.fixture
+def port():
+    """An in-process worker (alice) with per-identity tokens, a Linear segment of run
+    "r" that names bob among its callers, and its data port; yields (worker, port)."""
+    table = parse_tokens("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
+    access = AccessPolicy(tokens=table)
+    running, stop = start_worker(access=access, slots=CallSlots(2))
+    torch.manual_seed(0)
+    running.host.load_segment(
+        "r",
+        0,
+        [{"type": "Linear", "in_features": 3, "out_features": 2}],
+        {"name": "sgd", "lr": 0.1},
+        None,
+        owner="orchestrator",
+        callers=["bob"],
+    )
+    servicer = _servicer(running)
+    server = DataPortServer(servicer, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield running, server.port
+    finally:
+        server.close()
+        stop()
+
+
+def _servicer(running):
+    return running.servicer
+
+
+def _forward(batch_id: int = 1, rows: int = 4) -> Op:
+    head = worker_pb2.ForwardRequest(
+        run_id="r", segments=[0], batch_id=batch_id, mode=worker_pb2.FORWARD_MODE_EVAL
+    )
+    head.want_output = True
+    return Op(OpKind.FORWARD, head, torch.ones(rows, 3))
+
+
+def _call(port: int, op: Op, token: str | None, **settings):
+    async def run():
+        client = AsyncDataClient("alice", f"127.0.0.1:{port}", token=token, **settings)
+        try:
+            return await client.call(op)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _expected(running, rows: int = 4) -> torch.Tensor:
+    segment = running.host.segments()[0]
+    with torch.no_grad():
+        return segment.module(torch.ones(rows, 3))
+
+
+def test_forward_over_the_data_port_answers_as_the_segment(port):
+    running, number = port
+    reply = _call(number, _forward(), TOKENS["orchestrator"])
+    assert torch.equal(reply.tensor, _expected(running))
+
+
+def test_a_large_tensor_crosses_in_frames_of_its_own(port):
+    running, number = port
+    rows = (20 << 20) // 12  # 20 MiB of input: two frames of 16 MiB chunks and more
+    reply = _call(number, _forward(rows=rows), TOKENS["orchestrator"], chunk_bytes=8 << 20)
+    assert torch.equal(reply.tensor, _expected(running, rows))
+
+
+def test_a_wrong_token_is_unauthenticated_and_the_worker_keeps_serving(port):
+    running, number = port
+    with pytest.raises(WorkerError) as refused:
+        _call(number, _forward(), "not-a-token-of-anyone", retries=0)
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(WorkerError) as none:
+        _call(number, _forward(), None, retries=0)
+    assert none.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert torch.equal(_call(number, _forward(), TOKENS["orchestrator"]).tensor, _expected(running))
+
+
+def test_a_peer_outside_the_run_is_denied_and_a_named_one_is_not(port):
+    running, number = port
+    with pytest.raises(WorkerError) as denied:
+        _call(number, _forward(), TOKENS["mallory"], retries=0)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert torch.equal(_call(number, _forward(2), TOKENS["bob"]).tensor, _expected(running))
+
+
+def test_a_peer_may_not_read_the_workers_own_rows(port):
+    _, number = port
+    head = worker_pb2.ForwardRequest(
+        run_id="r", segments=[0], batch_id=3, mode=worker_pb2.FORWARD_MODE_EVAL
+    )
+    head.data.dataset = "toy"
+    head.data.indices.extend(range(4))
+    with pytest.raises(WorkerError) as denied:
+        _call(number, Op(OpKind.FORWARD, head, None), TOKENS["bob"], retries=0)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _raw(number: int, *chunks: bytes) -> tuple[frames.Kind, bytes] | None:
+    """Send raw bytes to the data port; the first frame it answers (None: it closed)."""
+    with socket.create_connection(("127.0.0.1", number), timeout=10) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+        frame = frames.read_frame(sock, 1 << 20)
+    return None if frame is None else (frame[0], frame[1].tobytes())
+
+
+def _message(op: Op) -> bytes:
+    (message,) = op_to_proto(op, 1 << 20, framed=True)
+    data = FRAME_REQUEST(message)
+    return frames.header(frames.Kind.MESSAGE, len(data)) + data
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["no hello", "unknown kind", "too long", "garbage message", "hello twice", "not protobuf"],
+)
+def test_malformed_frames_get_invalid_argument_and_change_nothing(port, what):
+    running, number = port
+    hello = frames.hello(TOKENS["orchestrator"])
+    before = {k: v.clone() for k, v in running.host.segments()[0].module.state_dict().items()}
+    sent = {
+        "no hello": [_message(_forward())],
+        "unknown kind": [hello, struct.pack("!BI", 9, 0)],
+        "too long": [hello, frames.header(frames.Kind.MESSAGE, 1 << 30)],
+        "garbage message": [hello, frames.header(frames.Kind.MESSAGE, 4) + b"\xff\xff\xff\xff"],
+        "hello twice": [hello, hello],
+        "not protobuf": [b"GET / HTTP/1.1\r\n\r\n"],
+    }[what]
+    answer = _raw(number, *sent)
+    assert answer is not None and answer[0] is frames.Kind.ERROR
+    code, details = frames.error_of(answer[1])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    after = running.host.segments()[0].module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(_call(number, _forward(), TOKENS["orchestrator"]).tensor, _expected(running))
+
+
+def test_call_slots_hold_for_data_port_connections(port):
+    """An identity's connections take its call slots (2 here) like its gRPC streams."""
+    running, number = port
+    hello = frames.hello(TOKENS["bob"])
+    held = [socket.create_connection(("127.0.0.1", number), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(hello)
+        servicer = _servicer(running)
+        for _ in range(200):
+            if servicer.slots.held("bob") == 2:
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        with pytest.raises(WorkerError) as full:
+            _call(number, _forward(), TOKENS["bob"], retries=0)
+        assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_frame_helpers_round_trip():
+    assert frames.error_of(frames.error(grpc.StatusCode.NOT_FOUND, "x" * 5000)[5:]) == (
+        grpc.StatusCode.NOT_FOUND,
+        "x" * frames.MAX_DETAILS_BYTES,
+    )
+    assert frames.token_of(frames.hello("abc")[5:]) == "abc"
+    assert frames.token_of(frames.hello(None)[5:]) is None
+    with pytest.raises(frames.FrameError):
+        frames.parse_header(frames.header(frames.Kind.MESSAGE, 11), 10)
+    big = [b"a" * 70000, memoryview(b"b" * 5)]
+    out = frames.pieces_of(frames.Kind.MESSAGE, big)
+    assert frames.parse_header(out[0], 1 << 20) == (frames.Kind.MESSAGE, 70005)
