@@ -201,3 +201,69 @@ def test_frame_helpers_round_trip():
     big = [b"a" * 70000, memoryview(b"b" * 5)]
     out = frames.pieces_of(frames.Kind.MESSAGE, big)
     assert frames.parse_header(out[0], 1 << 20) == (frames.Kind.MESSAGE, 70005)
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory):
+    from splitnn.orchestrator.cli import main as splitnn_main
+
+    directory = tmp_path_factory.mktemp("certs")
+    assert splitnn_main(["certs", "init", "--dir", str(directory)]) == 0
+    for name in ("alice", "orchestrator", "mallory"):
+        assert splitnn_main(["certs", "issue", name, "--dir", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture
+def tls_port(tls_dir):
+    """alice's worker under mutual TLS with its data port; yields (worker, port)."""
+    from splitnn.security.policy import Security
+
+    security = Security.from_options(tls_dir=tls_dir, identity="alice")
+    running, stop = start_worker(access=AccessPolicy(tls=True))
+    torch.manual_seed(0)
+    running.host.load_segment(
+        "r",
+        0,
+        [{"type": "Linear", "in_features": 3, "out_features": 2}],
+        {"name": "sgd", "lr": 0.1},
+        None,
+        owner="orchestrator",
+    )
+    server = DataPortServer(running.servicer, "127.0.0.1", 0, security.ssl_server_context())
+    server.start()
+    try:
+        yield running, server.port
+    finally:
+        server.close()
+        stop()
+
+
+def _tls(tls_dir, identity: str):
+    from splitnn.security.policy import Security
+
+    return Security.from_options(tls_dir=tls_dir, identity=identity).ssl_client_context()
+
+
+def test_mutual_tls_names_the_caller_by_its_certificate(tls_port, tls_dir):
+    running, number = tls_port
+    mine = _call(number, _forward(), None, ssl_context=_tls(tls_dir, "orchestrator"))
+    assert torch.equal(mine.tensor, _expected(running))
+    with pytest.raises(WorkerError) as denied:
+        _call(number, _forward(), None, ssl_context=_tls(tls_dir, "mallory"), retries=0)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_tls_refuses_plaintext_and_a_worker_of_another_name(tls_port, tls_dir):
+    running, number = tls_port
+    with pytest.raises(WorkerError) as plain:
+        _call(number, _forward(), None, retries=0)
+    assert plain.value.code == grpc.StatusCode.UNAVAILABLE
+    context = _tls(tls_dir, "orchestrator")
+    with pytest.raises(WorkerError) as misnamed:  # we expect bob; alice's certificate answers
+        _call(number, _forward(), None, ssl_context=context, retries=0, server_name="bob")
+    assert misnamed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "certificate" in misnamed.value.details
+    assert torch.equal(
+        _call(number, _forward(), None, ssl_context=context).tensor, _expected(running)
+    )

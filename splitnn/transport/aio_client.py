@@ -35,7 +35,68 @@ _PEER_KEEPALIVE = [("grpc.keepalive_time_ms", 2_000)] + [
 ]
 
 
-class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
+class AsyncPeerStream(PeerSettings, AsyncOrderedStream):
+    """receive() with the retry rules both event-loop clients keep, over each one's
+    `_read_reply`, `_write`, `_end_stream` and `_reset_stream`, and its `_lost`:
+    the WorkerError an exception of its transport stands for (None: not one)."""
+
+    _pending: deque
+
+    async def _read_reply(self, kind: OpKind) -> Reply:  # pragma: no cover
+        raise NotImplementedError
+
+    async def _write(self, messages) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _end_stream(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _reset_stream(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def receive(self) -> Reply:
+        """The answer to the oldest op not yet answered."""
+        if not self._pending:
+            raise RuntimeError("no op awaits an answer")
+        kind, _ = self._pending[0]
+        what = f"Exchange {kind.value}"
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                async with asyncio.timeout(self.timeout):  # no task per read, as wait_for
+                    reply = await self._read_reply(kind)
+                self._pending.popleft()
+                return reply
+            except TimeoutError:
+                error = WorkerError(
+                    self.name,
+                    what,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no answer for {self.timeout:.0f}s from {self.address}",
+                )
+            except WorkerError as err:
+                error = err
+            except Exception as err:
+                lost = self._lost(what, err)
+                if lost is None:
+                    raise
+                error = lost
+            if not self.stream_retry(error, attempt, started):
+                self._reset_stream()
+                raise error
+            # Transient: reopen the stream and send every unanswered op again. Ops
+            # carry their OpKey; the worker applies each only once.
+            await asyncio.sleep(self.backoff_delay(attempt))
+            self._end_stream()
+            for _, messages in list(self._pending):
+                await self._write(messages)
+        raise AssertionError("unreachable")
+
+
+class AsyncExchangeClient(AsyncPeerStream):
     """Ops to one worker on a long-lived Exchange stream; create and use it on one loop.
     `settings` are PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
 
@@ -85,41 +146,13 @@ class AsyncExchangeClient(PeerSettings, AsyncOrderedStream):
         except asyncio.InvalidStateError:
             pass  # the stream has ended: reading the answer reports why
 
-    async def receive(self) -> Reply:
-        """The answer to the oldest op not yet answered."""
-        if not self._pending:
-            raise RuntimeError("no op awaits an answer")
-        kind, _ = self._pending[0]
-        what = f"Exchange {kind.value}"
-        started = time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                async with asyncio.timeout(self.timeout):  # no task per read, as wait_for
-                    reply = await self._read_reply(kind)
-                self._pending.popleft()
-                return reply
-            except TimeoutError:
-                error = WorkerError(
-                    self.name,
-                    what,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no answer for {self.timeout:.0f}s from {self.address}",
-                )
-            except grpc.RpcError as err:
-                code = err.code()
-                if code == grpc.StatusCode.INTERNAL and self._write_failed:
-                    code = grpc.StatusCode.UNAVAILABLE  # our write failed: a lost link
-                error = WorkerError(self.name, what, code, err.details())
-            if not self.stream_retry(error, attempt, started):
-                self._reset_stream()
-                raise error
-            # Transient: reopen the stream and send every unanswered op again. Ops
-            # carry their OpKey; the worker applies each only once.
-            await asyncio.sleep(self.backoff_delay(attempt))
-            self._end_stream()
-            for _, messages in list(self._pending):
-                await self._write(messages)
-        raise AssertionError("unreachable")
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:
+        if not isinstance(err, grpc.RpcError):
+            return None
+        code = err.code()
+        if code == grpc.StatusCode.INTERNAL and self._write_failed:
+            code = grpc.StatusCode.UNAVAILABLE  # our write failed: a lost link
+        return WorkerError(self.name, what, code, err.details())
 
     async def _read_reply(self, kind: OpKind) -> Reply:
         if self._call is None:

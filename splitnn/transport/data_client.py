@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections import deque
 
 import grpc
 
 from splitnn.errors import WorkerError
 from splitnn.transport import frames
-from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE, PeerSettings
+from splitnn.transport.aio_client import AsyncPeerStream
+from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE
 from splitnn.transport.frames import FrameError, Kind
-from splitnn.transport.stream import AsyncOrderedStream
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 CHUNK_BYTES = 16 << 20  # as the worker's data port answers
@@ -114,7 +113,7 @@ class _Tls:
         await self.writer.wait_closed()
 
 
-class AsyncDataClient(PeerSettings, AsyncOrderedStream):
+class AsyncDataClient(AsyncPeerStream):
     """Ops to one worker's data port at `address`; create and use it on one loop.
     `ssl_context`: mutual TLS (it must hold our certificate and the CA, and check
     the worker's name: `server_name`, else `name`); `token`: sent in the hello.
@@ -133,6 +132,7 @@ class AsyncDataClient(PeerSettings, AsyncOrderedStream):
         self.ssl_context = ssl_context
         self.token = token
         self._conn: _Plain | _Tls | None = None
+        self._why = "not connected"  # why the last connection or write failed
         self._pending: deque = deque()
 
     async def _connect(self) -> None:
@@ -163,48 +163,20 @@ class AsyncDataClient(PeerSettings, AsyncOrderedStream):
                 await self._connect()
             assert self._conn is not None
             await self._conn.send(pieces)
-        except (OSError, ssl.SSLError, ConnectionError):
-            pass  # reading the answer reports why
+        except (OSError, ssl.SSLError, ConnectionError) as err:
+            self._why = f"{type(err).__name__}: {err}"  # reading the answer reports it
 
-    async def receive(self) -> Reply:
-        """The answer to the oldest op not yet answered."""
-        if not self._pending:
-            raise RuntimeError("no op awaits an answer")
-        kind, _ = self._pending[0]
-        what = f"Exchange {kind.value}"
-        started = time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                async with asyncio.timeout(self.timeout):
-                    reply = await self._read_reply(kind)
-                self._pending.popleft()
-                return reply
-            except TimeoutError:
-                error = WorkerError(
-                    self.name,
-                    what,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no answer for {self.timeout:.0f}s from {self.address}",
-                )
-            except WorkerError as err:
-                error = err
-            except (OSError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as err:
-                error = WorkerError(
-                    self.name, what, grpc.StatusCode.UNAVAILABLE, f"data port: {err or type(err)}"
-                )
-            if not self.stream_retry(error, attempt, started):
-                self._reset_stream()
-                raise error
-            await asyncio.sleep(self.backoff_delay(attempt))
-            self._end_stream()
-            for _, pieces in list(self._pending):
-                await self._write(pieces)
-        raise AssertionError("unreachable")
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:
+        if not isinstance(err, (OSError, ssl.SSLError, asyncio.IncompleteReadError)):
+            return None
+        why = f"data port {self.address}: {type(err).__name__}: {err}"
+        return WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
 
     async def _read_reply(self, kind: OpKind) -> Reply:
         what = f"Exchange {kind.value}"
         if self._conn is None:
-            raise WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, "not connected")
+            why = f"cannot reach the data port at {self.address}: {self._why}"
+            raise WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
         assembler = ReplyAssembler(kind)
         while True:
             head = await self._conn.read(frames.HEADER.size)

@@ -92,7 +92,7 @@ def buffer(size: int) -> memoryview:
     to be filled from a socket, and zeroing 16 MiB costs as much as receiving it)."""
     if size < 65536:
         return memoryview(bytearray(size))
-    return memoryview(numpy.empty(size, dtype=numpy.uint8)).cast("B")
+    return numpy.empty(size, dtype=numpy.uint8).data.cast("B")
 
 
 def _read_exactly(sock: socket.socket, size: int) -> memoryview | None:

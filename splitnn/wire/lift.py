@@ -156,7 +156,7 @@ class Parser:
         self.message_class = message_class
         self.tree = _paths(message_class.DESCRIPTOR)
 
-    def __call__(self, raw: bytes):
+    def __call__(self, raw: bytes | memoryview):
         """A Lifted when the message carries one tensor chunk, else the plain message
         (and protobuf's DecodeError for bytes that are not one)."""
         lifted = None
