@@ -4,15 +4,17 @@
 
 One worker process holds a parameter-free segment (Identity); a Forward op sends a
 float32 tensor of each size and gets the same size back. Beside it, the same round
-trip three other ways, in turn with it in one run:
+trip four other ways, in turn with it in one run:
 - "protobuf": the Exchange with every tensor inside its messages
   (SPLITNN_LIFT_MIN_BYTES past any size, in the worker and here), as before
   splitnn.wire.lift;
+- "data port": the same op to the same worker's data port (services.data_port)
+  from an AsyncDataClient on an event loop, as a driving worker sends it;
 - "gRPC echo": a bare gRPC Python stream echoing bytes in 1 MiB messages
   (bench.grpc_echo; no protobuf, no splitnn), the ceiling of anything over gRPC;
 - "raw TCP": two processes with Python sockets (one sendall, one recv loop each
   way), the link itself.
-Printed: MB/s of each and the Exchange's ratios to them.
+Printed: MB/s of each, the Exchange's ratios to them, and the data port's to raw TCP.
 
 `--link D,R` puts the worker and both echoes in a network namespace behind
 bench.tunlink's switch, D ms each way and R Mbit/s, this process in the machine's
