@@ -160,18 +160,13 @@ class DataPortServer:
         servicer = self.servicer
         status = "OK"
         try:
-            try:
-                frame = frames.read_frame(conn, frames.MAX_HELLO_BYTES)
-                if frame is None:
-                    return
-                kind, payload = frame
-                if kind is not Kind.HELLO:
-                    raise FrameError("a connection opens with a hello")
-                token = frames.token_of(payload.tobytes())
-            except FrameError as err:
-                status = "INVALID_ARGUMENT"
-                _send_error(conn, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            frame = frames.read_frame(conn, frames.MAX_HELLO_BYTES)
+            if frame is None:
                 return
+            kind, payload = frame
+            if kind is not Kind.HELLO:
+                raise FrameError("a connection opens with a hello")
+            token = frames.token_of(payload.tobytes())
             certificate = conn.getpeercert() if self.ssl_context is not None else None
             caller = servicer.access.identify(_Presented(certificate, token))
             servicer.access.check_rpc(caller, "Exchange")

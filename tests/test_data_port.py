@@ -5,6 +5,7 @@ input refused with its status code while the worker keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import struct
@@ -28,13 +29,11 @@ from tests.conftest import start_worker
 TOKENS = {name: secrets.token_hex(16) for name in ("orchestrator", "bob", "mallory")}
 
 
-@pytest.fixture
-def port():
-    """An in-process worker (alice) with per-identity tokens, a Linear segment of run
-    "r" that names bob among its callers, and its data port; yields (worker, port)."""
-    table = parse_tokens("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
-    access = AccessPolicy(tokens=table)
-    running, stop = start_worker(access=access, slots=CallSlots(2))
+@contextlib.contextmanager
+def _served(access: AccessPolicy, ssl_context=None, callers=(), **options):
+    """An in-process worker (alice) with a Linear segment of run "r" owned by the
+    orchestrator, and its data port; yields (worker, port)."""
+    running, stop = start_worker(access=access, **options)
     torch.manual_seed(0)
     running.host.load_segment(
         "r",
@@ -43,10 +42,9 @@ def port():
         {"name": "sgd", "lr": 0.1},
         None,
         owner="orchestrator",
-        callers=["bob"],
+        callers=list(callers),
     )
-    servicer = _servicer(running)
-    server = DataPortServer(servicer, "127.0.0.1", 0)
+    server = DataPortServer(running.servicer, "127.0.0.1", 0, ssl_context)
     server.start()
     try:
         yield running, server.port
@@ -55,8 +53,12 @@ def port():
         stop()
 
 
-def _servicer(running):
-    return running.servicer
+@pytest.fixture
+def port():
+    """Per-identity tokens, bob named among the run's callers, 2 call slots each."""
+    table = parse_tokens("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
+    with _served(AccessPolicy(tokens=table), callers=["bob"], slots=CallSlots(2)) as served:
+        yield served
 
 
 def _forward(batch_id: int = 1, rows: int = 4) -> Op:
@@ -176,7 +178,7 @@ def test_call_slots_hold_for_data_port_connections(port):
     try:
         for sock in held:
             sock.sendall(hello)
-        servicer = _servicer(running)
+        servicer = running.servicer
         for _ in range(200):
             if servicer.slots.held("bob") == 2:
                 break
@@ -220,23 +222,8 @@ def tls_port(tls_dir):
     from splitnn.security.policy import Security
 
     security = Security.from_options(tls_dir=tls_dir, identity="alice")
-    running, stop = start_worker(access=AccessPolicy(tls=True))
-    torch.manual_seed(0)
-    running.host.load_segment(
-        "r",
-        0,
-        [{"type": "Linear", "in_features": 3, "out_features": 2}],
-        {"name": "sgd", "lr": 0.1},
-        None,
-        owner="orchestrator",
-    )
-    server = DataPortServer(running.servicer, "127.0.0.1", 0, security.ssl_server_context())
-    server.start()
-    try:
-        yield running, server.port
-    finally:
-        server.close()
-        stop()
+    with _served(AccessPolicy(tls=True), security.ssl_server_context()) as served:
+        yield served
 
 
 def _tls(tls_dir, identity: str):
