@@ -31,10 +31,6 @@ from splitnn.transport.frames import FrameError, Kind
 
 log = logging.getLogger("splitnn.worker")
 
-# Tensors cross the data port in chunks of up to this (one chunk for most), and a
-# frame is a chunk plus its op's header (row indices of up to --max-rows rows).
-CHUNK_BYTES = 16 << 20
-MAX_FRAME_BYTES = CHUNK_BYTES + (2 << 20)
 HANDSHAKE_SECONDS = 10.0
 
 
@@ -173,7 +169,7 @@ class DataPortServer:
             with servicer.slots.hold(caller.name):
                 conn.settimeout(self.idle_seconds)
                 requests = checked(self._requests(conn))
-                for message in servicer.serve_exchange(caller, requests, CHUNK_BYTES):
+                for message in servicer.serve_exchange(caller, requests, frames.CHUNK_BYTES):
                     pieces = FRAME_EXCHANGE.pieces(message)
                     servicer.bytes_sent += sum(len(piece) for piece in pieces)
                     frames.send_frame(conn, Kind.MESSAGE, pieces)
@@ -196,15 +192,20 @@ class DataPortServer:
 
     def _requests(self, conn: socket.socket):
         """The connection's ExchangeRequests, parsed as the gRPC stream parses them."""
-        while True:
-            frame = frames.read_frame(conn, MAX_FRAME_BYTES)
-            if frame is None:
-                return
-            kind, payload = frame
-            if kind is not Kind.MESSAGE:
-                raise FrameError(f"a {kind.name} frame where an op was expected")
-            self.servicer.bytes_received += len(payload)
-            yield PARSE_EXCHANGE(payload if len(payload) >= 65536 else payload.tobytes())
+        inbox = frames.Inbox()
+        while (request := self._next_request(conn, inbox)) is not None:
+            yield request
+            del request  # applied: the inbox's buffer is free unless a tensor is built on it
+
+    def _next_request(self, conn: socket.socket, inbox: frames.Inbox):
+        frame = frames.read_frame(conn, frames.MAX_FRAME_BYTES, inbox)
+        if frame is None:
+            return None
+        kind, payload = frame
+        if kind is not Kind.MESSAGE:
+            raise FrameError(f"a {kind.name} frame where an op was expected")
+        self.servicer.bytes_received += len(payload)
+        return PARSE_EXCHANGE(payload if len(payload) >= frames.LARGE_BYTES else payload.tobytes())
 
 
 def _send_error(conn: socket.socket, code: grpc.StatusCode, details: str) -> None:

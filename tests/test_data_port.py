@@ -11,6 +11,7 @@ import socket
 import struct
 
 import grpc
+import numpy
 import pytest
 import torch
 
@@ -189,6 +190,52 @@ def test_call_slots_hold_for_data_port_connections(port):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_replies_kept_by_the_caller_are_not_overwritten_by_later_ones(port):
+    """The client's inbox fills one buffer again only once nothing holds it."""
+    running, number = port
+    rows = 12000  # 96 KB of answer per op: past frames.LARGE_BYTES, into the inbox
+    inputs = [torch.full((rows, 3), float(k)) for k in range(3)]
+
+    async def run():
+        client = AsyncDataClient("alice", f"127.0.0.1:{number}", token=TOKENS["orchestrator"])
+        try:
+            replies = []
+            for k, tensor in enumerate(inputs):
+                op = _forward(batch_id=k + 1, rows=rows)
+                replies.append(await client.call(Op(op.kind, op.head, tensor)))
+            return [reply.tensor for reply in replies]
+        finally:
+            await client.close()
+
+    segment = running.host.segments()[0]
+    with torch.no_grad():
+        expected = [segment.module(tensor) for tensor in inputs]
+    for got, want in zip(asyncio.run(run()), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def _address(view: memoryview) -> int:
+    return numpy.frombuffer(view, dtype=numpy.uint8).ctypes.data
+
+
+def test_an_inbox_reuses_its_buffer_only_when_nothing_holds_it():
+    inbox = frames.Inbox()
+    first = inbox.take(frames.LARGE_BYTES + 10)
+    first[:3] = b"abc"
+    where = _address(first)
+    held = first[:3]
+    second = inbox.take(frames.LARGE_BYTES)  # `held` still holds the first buffer
+    second[:3] = b"xyz"
+    assert bytes(held) == b"abc" and _address(second) != where
+    where = _address(second)
+    del first, held, second
+    again = inbox.take(frames.LARGE_BYTES)  # free again, and large enough: the same
+    assert _address(again) == where
+    del again
+    assert _address(inbox.take(2 * frames.LARGE_BYTES)) != where  # too small: a new one
+    assert len(inbox.take(100)) == 100  # small payloads: a buffer of their own
 
 
 def test_frame_helpers_round_trip():

@@ -24,8 +24,6 @@ from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE
 from splitnn.transport.frames import FrameError, Kind
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
-CHUNK_BYTES = 16 << 20  # as the worker's data port answers
-MAX_FRAME_BYTES = CHUNK_BYTES + (2 << 20)
 _READ_LIMIT = 1 << 20  # a TLS stream reader's buffer: large reads pause it less often
 
 
@@ -36,6 +34,7 @@ class _Plain:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.loop = asyncio.get_running_loop()
+        self.inbox = frames.Inbox()
 
     @classmethod
     async def open(cls, host: str, port: int) -> _Plain:
@@ -57,7 +56,7 @@ class _Plain:
             await self.loop.sock_sendall(self.sock, piece)
 
     async def read(self, size: int) -> memoryview:
-        view, got = frames.buffer(size), 0
+        view, got = self.inbox.take(size), 0
         while got < size:
             n = await self.loop.sock_recv_into(self.sock, view[got:])
             if n == 0:
@@ -127,7 +126,7 @@ class AsyncDataClient(AsyncPeerStream):
         token: str | None = None,
         **settings,
     ):
-        settings.setdefault("chunk_bytes", CHUNK_BYTES)
+        settings.setdefault("chunk_bytes", frames.CHUNK_BYTES)
         super().__init__(name, address, **settings)
         self.ssl_context = ssl_context
         self.token = token
@@ -178,25 +177,27 @@ class AsyncDataClient(AsyncPeerStream):
             why = f"cannot reach the data port at {self.address}: {self._why}"
             raise WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
         assembler = ReplyAssembler(kind)
-        while True:
-            head = await self._conn.read(frames.HEADER.size)
-            try:
-                frame_kind, length = frames.parse_header(bytes(head), MAX_FRAME_BYTES)
-            except FrameError as err:
-                raise WorkerError(self.name, what, grpc.StatusCode.INTERNAL, str(err)) from None
-            payload = await self._conn.read(length) if length else b""
-            if frame_kind is Kind.ERROR:
-                raise WorkerError(self.name, what, *frames.error_of(bytes(payload)))
-            if frame_kind is not Kind.MESSAGE:
-                raise WorkerError(
-                    self.name, what, grpc.StatusCode.INTERNAL, f"a {frame_kind.name} frame"
-                )
-            self.bytes_received += length
-            if length < 65536:
-                payload = bytes(payload)
-            reply = assembler.add(PARSE_RESPONSE(payload))
-            if reply is not None:
-                return reply
+        while (reply := assembler.add(await self._next_message(what))) is None:
+            pass
+        return reply
+
+    async def _next_message(self, what: str):
+        """The next answer's message; a large one's bytes in the connection's inbox."""
+        assert self._conn is not None
+        head = await self._conn.read(frames.HEADER.size)
+        try:
+            frame_kind, length = frames.parse_header(bytes(head), frames.MAX_FRAME_BYTES)
+        except FrameError as err:
+            raise WorkerError(self.name, what, grpc.StatusCode.INTERNAL, str(err)) from None
+        payload = await self._conn.read(length) if length else b""
+        if frame_kind is Kind.ERROR:
+            raise WorkerError(self.name, what, *frames.error_of(bytes(payload)))
+        if frame_kind is not Kind.MESSAGE:
+            raise WorkerError(
+                self.name, what, grpc.StatusCode.INTERNAL, f"a {frame_kind.name} frame"
+            )
+        self.bytes_received += length
+        return PARSE_RESPONSE(payload if length >= frames.LARGE_BYTES else bytes(payload))
 
     def _end_stream(self) -> None:
         if self._conn is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
+import sys
 
 import grpc
 import numpy
@@ -22,6 +23,12 @@ HEADER = struct.Struct("!BI")
 MAGIC = b"splitnn-data/1 "
 MAX_HELLO_BYTES = 4096
 MAX_DETAILS_BYTES = 1024
+# Tensors cross the data port in chunks of up to CHUNK_BYTES (one chunk for most),
+# and a frame is a chunk plus its op's header (row indices of up to --max-rows rows):
+# the worker and its callers hold the same figures.
+CHUNK_BYTES = 16 << 20
+MAX_FRAME_BYTES = CHUNK_BYTES + (2 << 20)
+LARGE_BYTES = 65536  # a payload from here up is received into a buffer kept for it
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -87,17 +94,36 @@ def parse_header(raw: bytes, max_bytes: int) -> tuple[Kind, int]:
     return kind, length
 
 
-def buffer(size: int) -> memoryview:
-    """A writable buffer of `size` bytes; large ones are left unzeroed (they are about
-    to be filled from a socket, and zeroing 16 MiB costs as much as receiving it)."""
-    if size < 65536:
-        return memoryview(bytearray(size))
-    return numpy.empty(size, dtype=numpy.uint8).data.cast("B")
+class Inbox:
+    """One connection's receive buffer for large payloads, filled again once nothing
+    holds the last payload received into it.
+
+    Why: a fresh 16 MiB buffer each frame faults in 4096 pages, and glibc hands a
+    thread's freed heap back between frames, so the first rounds of a large tensor
+    ran at a fifth of the link's speed. A received tensor is copied out of its frame
+    (splitnn.wire.codec), after which the buffer is free again; a payload still
+    referenced anywhere (a view, a tensor built on it) keeps its buffer, and the next
+    one gets a new buffer. Small payloads get a buffer of their own each time."""
+
+    def __init__(self) -> None:
+        self._array: numpy.ndarray | None = None
+
+    def take(self, size: int) -> memoryview:
+        """A writable buffer of `size` bytes, unzeroed when large (it is about to be
+        filled from a socket, and zeroing 16 MiB costs as much as receiving it)."""
+        if size < LARGE_BYTES:
+            return memoryview(bytearray(size))
+        array = self._array
+        # Three references: the attribute, `array`, and getrefcount's argument. Any
+        # view or tensor still on the last payload holds one more, through its buffer.
+        if array is None or array.size < size or sys.getrefcount(array) > 3:
+            array = self._array = numpy.empty(size, dtype=numpy.uint8)
+        return array.data.cast("B")[:size]
 
 
-def _read_exactly(sock: socket.socket, size: int) -> memoryview | None:
+def _read_exactly(sock: socket.socket, size: int, inbox: Inbox | None = None) -> memoryview | None:
     """`size` bytes from a blocking socket; None at a clean end before the first byte."""
-    view, got = buffer(size), 0
+    view, got = (inbox or Inbox()).take(size), 0
     while got < size:
         n = sock.recv_into(view[got:])
         if n == 0:
@@ -108,13 +134,16 @@ def _read_exactly(sock: socket.socket, size: int) -> memoryview | None:
     return view
 
 
-def read_frame(sock: socket.socket, max_bytes: int) -> tuple[Kind, memoryview] | None:
-    """The next frame of a blocking socket (None: the peer closed between frames)."""
+def read_frame(
+    sock: socket.socket, max_bytes: int, inbox: Inbox | None = None
+) -> tuple[Kind, memoryview] | None:
+    """The next frame of a blocking socket (None: the peer closed between frames);
+    a large payload lands in `inbox`'s buffer when given."""
     raw = _read_exactly(sock, HEADER.size)
     if raw is None:
         return None
     kind, length = parse_header(raw.tobytes(), max_bytes)
-    payload = _read_exactly(sock, length) if length else memoryview(b"")
+    payload = _read_exactly(sock, length, inbox) if length else memoryview(b"")
     if payload is None:
         raise FrameError("the connection ended inside a frame")
     return kind, payload
@@ -123,7 +152,7 @@ def read_frame(sock: socket.socket, max_bytes: int) -> tuple[Kind, memoryview] |
 def pieces_of(kind: Kind, pieces: list) -> list:
     """A frame's header and payload as buffers to send in turn, small ones joined."""
     length = sum(len(piece) for piece in pieces)
-    if length < 65536:
+    if length < LARGE_BYTES:
         return [header(kind, length) + b"".join(pieces)]
     return [header(kind, length), *pieces]
 
