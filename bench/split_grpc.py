@@ -106,11 +106,15 @@ def train_config(
             start = LocalStart(config.workers, worker_args=flags, prefix=prefix)
             started = stack.enter_context(start)
             addresses = started.addresses()
-            if link is not None:
-                addresses = stack.enter_context(proxies(addresses, *link))
+            data = {f"{host} data": a for host, a in started.data_addresses().items()}
+            if link is not None:  # the data ports behind proxies too
+                proxied = stack.enter_context(proxies({**addresses, **data}, *link))
+                addresses = {host: proxied[host] for host in addresses}
+                data = {key: proxied[key] for key in data}
             for config_ in (config, warm):
                 for host, address in addresses.items() if config_ is not None else ():
                     config_.workers[host].address = address
+                    config_.workers[host].data_address = data.get(f"{host} data")
             connect = {"local": False, "security": started.security}
         with connected_workers(config, **connect) as clients:
             if warm is not None:

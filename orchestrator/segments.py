@@ -68,7 +68,12 @@ class SegmentPlacement:
         """Where the run's hosts listen, as this orchestrator reaches them: chain
         forwarding dials only these."""
         return [
-            worker_pb2.Peer(host=h, address=c.address, server_name=c.server_name or "")
+            worker_pb2.Peer(
+                host=h,
+                address=c.address,
+                server_name=c.server_name or "",
+                data_address=c.data_address or "",
+            )
             for h, c in sorted(self.clients.items())
         ]
 

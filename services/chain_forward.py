@@ -25,36 +25,44 @@ from collections.abc import Callable
 
 from splitnn.errors import FailedPrecondition, InvalidArgument
 from splitnn.services import ops
+from splitnn.services.runs import PeerAddress
 from splitnn.services.segment_host import SegmentHost
 from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Answer, Op, OpKind, Reply
 
-# call_peer(host, address, server_name, op) -> the peer's Reply (raises WorkerError)
-PeerCall = Callable[[str, str, str, Op], Reply]
+# call_peer(host, where, op) -> the peer's Reply (raises WorkerError)
+PeerCall = Callable[[str, PeerAddress, Op], Reply]
 
 
 class PeerPool:
-    """Blocking Exchange streams to peers, for handler threads passing forwards on: a
-    stream serves one call at a time, so concurrent chains each check out their own.
+    """Blocking clients to peers, for handler threads passing forwards on: a client
+    serves one call at a time, so concurrent chains each check out their own.
     (Blocking clients on the handler's own thread: handing each hop to the driver's
-    event loop cost two thread switches a hop.) `factory(name, address, server_name)`
-    makes a WorkerClient with this worker's credentials."""
+    event loop cost two thread switches a hop.) A peer with a data port is called
+    there (`data_factory`, a DataClient), else on an Exchange stream (`factory`, a
+    WorkerClient); each factory takes (name, address, server_name) and gives the
+    client this worker's credentials."""
 
-    def __init__(self, factory=None):
+    def __init__(self, factory=None, data_factory=None):
         if factory is None:
             from splitnn.transport.client import WorkerClient as factory
+        if data_factory is None:
+            from splitnn.transport.data_client import DataClient as data_factory
         self.factory = factory
+        self.data_factory = data_factory
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
 
-    def call(self, host: str, address: str, server_name: str, op: Op) -> Reply:
+    def call(self, host: str, where: PeerAddress, op: Op) -> Reply:
         """Send one op to a peer and wait for its answer."""
-        key = (host, address, server_name)
+        address = where.data_address or where.address
+        key = (host, address, where.server_name)
         with self._lock:
             idle = self._idle.get(key)
             client = idle.pop() if idle else None
         if client is None:
-            client = self.factory(host, address, server_name or None)
+            factory = self.data_factory if where.data_address else self.factory
+            client = factory(host, address, server_name=where.server_name or None)
         try:
             reply = client.call(op)
         except BaseException:
@@ -114,10 +122,7 @@ class ChainForwarder:
             wire=head.wire,
         )
         try:
-            address, server_name = peer
-            reply = self.call_peer(
-                hop.host, address, server_name, Op(OpKind.FORWARD, onward, output)
-            )
+            reply = self.call_peer(hop.host, peer, Op(OpKind.FORWARD, onward, output))
             if reply.tensor is None:
                 raise FailedPrecondition(
                     f"host {hop.host[:64]!r} answered a chained forward without a gradient"

@@ -12,8 +12,17 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 DEFAULT_LEASE_SECONDS = 600.0
+
+
+class PeerAddress(NamedTuple):
+    """Where chain forwarding may dial a host of a run, as its orchestrator said."""
+
+    address: str
+    server_name: str = ""  # the name its TLS certificate carries, when not the host's
+    data_address: str = ""  # its data port, if it serves one
 
 
 @dataclass
@@ -23,8 +32,8 @@ class Run:
     run_id: str
     owner: str | None  # the identity that created it (None: no identities here)
     callers: frozenset[str] = frozenset()  # peers that may send its ops
-    # host -> (address, TLS server name or ""): where chain forwarding may dial
-    peers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # host -> where chain forwarding may dial it
+    peers: dict[str, PeerAddress] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -47,14 +56,14 @@ class Runs:
 
     def claim(self, run_id: str, owner: str | None, callers, peers=None) -> Run:
         """The run a load names, created for `owner` if new; its callers become
-        `callers` and its peers' addresses `peers` (host -> (address, server name)).
+        `callers` and its peers' addresses `peers` (host -> PeerAddress's fields).
         (Whether `owner` may use an existing run is access's to check.)"""
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 run = self._runs[run_id] = Run(run_id, owner)
             run.callers = frozenset(callers)
-            run.peers = dict(peers or {})
+            run.peers = {host: PeerAddress(*where) for host, where in (peers or {}).items()}
             run.last_used = time.monotonic()
             return run
 

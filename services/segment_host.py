@@ -102,7 +102,7 @@ class SegmentHost:
     ) -> Segment:
         """Build a segment from its spec and state; nothing changes if any part is bad.
         A new run belongs to `owner`; `callers` are the peers that may send its ops;
-        `peers` where its hosts listen (host -> (address, TLS server name))."""
+        `peers` where its hosts listen (host -> runs.PeerAddress's fields)."""
         check_run_id(run_id)
         where = f"segment {index}"
         layer_specs.validate_spec(layers, where)

@@ -42,7 +42,7 @@ from splitnn.services.servicer import WorkerServicer
 from splitnn.transport import busy_poll
 from splitnn.transport.aio_client import AsyncExchangeClient
 from splitnn.transport.channels import create_server
-from splitnn.transport.data_client import AsyncDataClient
+from splitnn.transport.data_client import AsyncDataClient, DataClient
 from splitnn.wire import codec
 
 log = logging.getLogger("splitnn.worker")
@@ -321,7 +321,7 @@ def build(args: argparse.Namespace) -> Worker:
     threads = args.handler_threads
     if security is None:
         server, port = create_server(args.listen, max_workers=threads)
-        peer_factory = chain_factory = data_factory = None  # plain clients
+        peer_factory = chain_factory = data_factory = chain_data_factory = None  # plain
         access = AccessPolicy(args.orchestrator)
     else:
         server, port = create_server(
@@ -342,6 +342,11 @@ def build(args: argparse.Namespace) -> Worker:
                 name, address, ssl_context=ssl_context, token=token, server_name=server_name
             )
 
+        def chain_data_factory(name: str, address: str, server_name: str | None = None):
+            return DataClient(
+                name, address, ssl_context=ssl_context, token=token, server_name=server_name
+            )
+
     driver = Driver(
         host,
         client_factory=peer_factory,
@@ -355,7 +360,7 @@ def build(args: argparse.Namespace) -> Worker:
         access=access,
         slots=CallSlots(args.max_calls_per_identity),
         idle=IdleWatch(args.idle_timeout_s),
-        peers=PeerPool(chain_factory),
+        peers=PeerPool(chain_factory, chain_data_factory),
     )
     add_worker_service(servicer, server)
     health = add_health_and_reflection(server)  # grpc.health.v1 + reflection, for probes

@@ -168,7 +168,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 replace=first.replace,
                 owner=caller.name,
                 callers=list(first.callers),
-                peers={p.host: (p.address, p.server_name) for p in first.peers},
+                peers={p.host: (p.address, p.server_name, p.data_address) for p in first.peers},
             )
             return worker_pb2.LoadSegmentResponse(
                 index=segment.index, parameter_count=segment.parameter_count

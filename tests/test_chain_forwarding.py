@@ -47,8 +47,8 @@ def test_seed_job_through_the_chain_equals_one_process(tmp_path):
 def test_a_chained_forward_goes_on_to_the_address_the_run_names_and_backpropagates():
     calls = []
 
-    def call_peer(host, address, server_name, op):
-        calls.append((host, address, op.head, op.tensor.shape))
+    def call_peer(host, where, op):
+        calls.append((host, where.address, op.head, op.tensor.shape))
         return Reply(worker_pb2.ForwardResponse(batch_id=7), torch.full((4, 2), 0.5))
 
     host = _host(peers={"claire": ("10.0.0.3:7000", "")})

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import socket
 import struct
+import time
 
 import grpc
 import numpy
@@ -18,11 +20,13 @@ import torch
 from splitnn.errors import WorkerError
 from splitnn.security.access import AccessPolicy
 from splitnn.security.identity import parse_tokens
+from splitnn.services.chain_forward import PeerPool
 from splitnn.services.data_port import DataPortServer
 from splitnn.services.guard import CallSlots
+from splitnn.services.runs import PeerAddress
 from splitnn.transport import frames
-from splitnn.transport.client import FRAME_REQUEST
-from splitnn.transport.data_client import AsyncDataClient
+from splitnn.transport.client import FRAME_REQUEST, RETRIES
+from splitnn.transport.data_client import AsyncDataClient, DataClient
 from splitnn.v1 import worker_pb2
 from splitnn.wire.ops import Op, OpKind, op_to_proto
 from tests.conftest import start_worker
@@ -31,7 +35,7 @@ TOKENS = {name: secrets.token_hex(16) for name in ("orchestrator", "bob", "mallo
 
 
 @contextlib.contextmanager
-def _served(access: AccessPolicy, ssl_context=None, callers=(), **options):
+def _served(access: AccessPolicy, ssl_context=None, callers=(), idle_seconds=None, **options):
     """An in-process worker (alice) with a Linear segment of run "r" owned by the
     orchestrator, and its data port; yields (worker, port)."""
     running, stop = start_worker(access=access, **options)
@@ -45,7 +49,9 @@ def _served(access: AccessPolicy, ssl_context=None, callers=(), **options):
         owner="orchestrator",
         callers=list(callers),
     )
-    server = DataPortServer(running.servicer, "127.0.0.1", 0, ssl_context)
+    server = DataPortServer(
+        running.servicer, "127.0.0.1", 0, ssl_context, idle_seconds=idle_seconds
+    )
     server.start()
     try:
         yield running, server.port
@@ -70,9 +76,23 @@ def _forward(batch_id: int = 1, rows: int = 4) -> Op:
     return Op(OpKind.FORWARD, head, torch.ones(rows, 3))
 
 
-def _call(port: int, op: Op, token: str | None, **settings):
+@pytest.fixture(params=["event loop", "blocking"])
+def blocking(request) -> bool:
+    """Both clients: AsyncDataClient (a driver's) and DataClient (a chain hop's)."""
+    return request.param == "blocking"
+
+
+def _call(port: int, op: Op, token: str | None, blocking: bool = False, **settings):
+    address = f"127.0.0.1:{port}"
+    if blocking:
+        client = DataClient("alice", address, token=token, **settings)
+        try:
+            return client.call(op)
+        finally:
+            client.close()
+
     async def run():
-        client = AsyncDataClient("alice", f"127.0.0.1:{port}", token=token, **settings)
+        client = AsyncDataClient("alice", address, token=token, **settings)
         try:
             return await client.call(op)
         finally:
@@ -87,26 +107,56 @@ def _expected(running, rows: int = 4) -> torch.Tensor:
         return segment.module(torch.ones(rows, 3))
 
 
-def test_forward_over_the_data_port_answers_as_the_segment(port):
+def test_forward_over_the_data_port_answers_as_the_segment(port, blocking):
     running, number = port
-    reply = _call(number, _forward(), TOKENS["orchestrator"])
+    reply = _call(number, _forward(), TOKENS["orchestrator"], blocking)
     assert torch.equal(reply.tensor, _expected(running))
 
 
-def test_a_large_tensor_crosses_in_frames_of_its_own(port):
+def test_a_large_tensor_crosses_in_frames_of_its_own(port, blocking):
     running, number = port
     rows = (20 << 20) // 12  # 20 MiB of input: two frames of 16 MiB chunks and more
-    reply = _call(number, _forward(rows=rows), TOKENS["orchestrator"], chunk_bytes=8 << 20)
+    op = _forward(rows=rows)
+    reply = _call(number, op, TOKENS["orchestrator"], blocking, chunk_bytes=8 << 20)
     assert torch.equal(reply.tensor, _expected(running, rows))
 
 
-def test_a_wrong_token_is_unauthenticated_and_the_worker_keeps_serving(port):
+def test_a_connection_the_worker_closed_while_idle_is_opened_again_unnoticed():
+    table = parse_tokens(f"orchestrator {TOKENS['orchestrator']}\n")
+    with _served(AccessPolicy(tokens=table), idle_seconds=0.2) as (running, number):
+        client = DataClient("alice", f"127.0.0.1:{number}", token=TOKENS["orchestrator"])
+        try:
+            retried = RETRIES.counts()
+            for batch_id in (1, 2):
+                reply = client.call(_forward(batch_id=batch_id))
+                assert torch.equal(reply.tensor, _expected(running))
+                time.sleep(0.5)  # the worker ends the silent connection
+            assert RETRIES.counts() == retried  # found closed before sending: no retry
+        finally:
+            client.close()
+
+
+def test_a_chain_hop_goes_to_the_peers_data_port_when_it_has_one(port):
+    running, number = port
+    pool = PeerPool(data_factory=functools.partial(DataClient, token=TOKENS["bob"]))
+    with socket.socket() as closed:  # a gRPC address where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{closed.getsockname()[1]}"
+    where = PeerAddress(nowhere, "", f"127.0.0.1:{number}")
+    try:
+        reply = pool.call("alice", where, _forward())
+    finally:
+        pool.close()
+    assert torch.equal(reply.tensor, _expected(running))
+
+
+def test_a_wrong_token_is_unauthenticated_and_the_worker_keeps_serving(port, blocking):
     running, number = port
     with pytest.raises(WorkerError) as refused:
-        _call(number, _forward(), "not-a-token-of-anyone", retries=0)
+        _call(number, _forward(), "not-a-token-of-anyone", blocking, retries=0)
     assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(WorkerError) as none:
-        _call(number, _forward(), None, retries=0)
+        _call(number, _forward(), None, blocking, retries=0)
     assert none.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert torch.equal(_call(number, _forward(), TOKENS["orchestrator"]).tensor, _expected(running))
 
@@ -279,25 +329,25 @@ def _tls(tls_dir, identity: str):
     return Security.from_options(tls_dir=tls_dir, identity=identity).ssl_client_context()
 
 
-def test_mutual_tls_names_the_caller_by_its_certificate(tls_port, tls_dir):
+def test_mutual_tls_names_the_caller_by_its_certificate(tls_port, tls_dir, blocking):
     running, number = tls_port
-    mine = _call(number, _forward(), None, ssl_context=_tls(tls_dir, "orchestrator"))
+    mine = _call(number, _forward(), None, blocking, ssl_context=_tls(tls_dir, "orchestrator"))
     assert torch.equal(mine.tensor, _expected(running))
     with pytest.raises(WorkerError) as denied:
-        _call(number, _forward(), None, ssl_context=_tls(tls_dir, "mallory"), retries=0)
+        _call(number, _forward(), None, blocking, ssl_context=_tls(tls_dir, "mallory"), retries=0)
     assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_tls_refuses_plaintext_and_a_worker_of_another_name(tls_port, tls_dir):
+def test_tls_refuses_plaintext_and_a_worker_of_another_name(tls_port, tls_dir, blocking):
     running, number = tls_port
     with pytest.raises(WorkerError) as plain:
-        _call(number, _forward(), None, retries=0)
+        _call(number, _forward(), None, blocking, retries=0)
     assert plain.value.code == grpc.StatusCode.UNAVAILABLE
     context = _tls(tls_dir, "orchestrator")
     with pytest.raises(WorkerError) as misnamed:  # we expect bob; alice's certificate answers
-        _call(number, _forward(), None, ssl_context=context, retries=0, server_name="bob")
+        _call(number, _forward(), None, blocking, ssl_context=context, retries=0, server_name="bob")
     assert misnamed.value.code == grpc.StatusCode.UNAVAILABLE
     assert "certificate" in misnamed.value.details
     assert torch.equal(
-        _call(number, _forward(), None, ssl_context=context).tensor, _expected(running)
+        _call(number, _forward(), None, blocking, ssl_context=context).tensor, _expected(running)
     )

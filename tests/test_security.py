@@ -69,12 +69,18 @@ def serve():
         worker = build(args)
         host, server, port = worker.host, worker.server, worker.port
         server.start()
-        started.append(server)
+        started.append(worker)
+        if worker.data_server is not None:  # --data-port: its address is the worker's
+            worker.data_server.start()
+            start.data_addresses[name] = f"127.0.0.1:{worker.data_server.port}"
         return host, f"127.0.0.1:{port}"
 
+    start.data_addresses = {}  # type: ignore[attr-defined]
     yield start
-    for server in started:
-        server.stop(grace=None).wait(timeout=10)
+    for worker in started:
+        if worker.data_server is not None:
+            worker.data_server.close()
+        worker.server.stop(grace=None).wait(timeout=10)
 
 
 @pytest.fixture
@@ -260,21 +266,31 @@ def test_worker_with_a_certificate_for_another_name_is_rejected(pki, serve, clie
     assert client.status() is not None
 
 
-def test_driving_worker_checks_a_peer_against_its_configured_server_name(pki, serve, tmp_path):
+@pytest.mark.parametrize("route", ["owner", "chain"])
+def test_driving_worker_checks_a_peer_against_its_configured_server_name(
+    pki, serve, tmp_path, route
+):
     # bob's certificate names bob-prod, not bob; the config says so, and alice's worker,
-    # driving the chain, must expect that name of bob too.
+    # driving the chain, must expect that name of bob too. Every worker serves a data
+    # port under the same mutual TLS: the owner's route and the chain's onward hops
+    # (each host calling the next itself) go there.
     assert splitnn_main(["certs", "issue", "bob-prod", "--dir", str(pki), "--force"]) == 0
     text = SEED.read_text().replace("epochs = 300", "epochs = 3")
+    text = text.replace("[training]\n", f'[training]\nroute = "{route}"\n')
     for host, default in zip(HOSTS, ("50051", "50052", "50053"), strict=True):
-        _, address = serve(host, *tls_flags(pki, "bob-prod" if host == "bob" else host))
+        flags = tls_flags(pki, "bob-prod" if host == "bob" else host)
+        _, address = serve(host, *flags, "--data-port", "0")
+        data = serve.data_addresses[host]
         text = text.replace(
-            f'{{ address = "127.0.0.1:{default}" }}', f'{{ address = "{address}" }}'
+            f'{{ address = "127.0.0.1:{default}" }}',
+            f'{{ address = "{address}", data_address = "{data}" }}',
         )
     text = text.replace('bob = { address = "', 'bob = { server_name = "bob-prod", address = "')
     config_path = tmp_path / "server_name.toml"
     config_path.write_text(text)
     config = load_config(config_path)
-    assert config.workers["bob"].server_name == "bob-prod"
+    assert config.workers["bob"].server_name == "bob-prod" and config.route == route
+    assert config.workers["bob"].data_address == serve.data_addresses["bob"]
     train(config, tmp_path / "out", local=False, security=orchestrator_security(pki))
     reference, _ = train_reference(config)
     split = load_model_file(tmp_path / "out" / "model.safetensors")

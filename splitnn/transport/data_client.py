@@ -1,8 +1,9 @@
-"""A peer's data port, for a driving worker's event loop (services.data_port).
+"""A peer's data port (services.data_port): AsyncDataClient for a driving worker's
+event loop, DataClient for a blocking thread (a chained forward's next hop).
 
-The same ops, answers and retry rules as AsyncExchangeClient, over one TCP (or
-TLS) connection in frames (splitnn.transport.frames) instead of a gRPC stream:
-the loop's own selector reads the socket, with no gRPC thread between, and a
+The same ops, answers and retry rules as the gRPC clients, over one TCP (or TLS)
+connection in frames (splitnn.transport.frames) instead of a gRPC stream: with no
+gRPC thread between (the event loop's own selector reads the socket), and a
 tensor goes as one chunk. A connection lost, or closed by the worker while idle,
 is opened again and every unanswered op sent again (ops carry their OpKey; the
 worker applies each only once).
@@ -11,8 +12,10 @@ worker applies each only once).
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
+import time
 from collections import deque
 
 import grpc
@@ -20,11 +23,37 @@ import grpc
 from splitnn.errors import WorkerError
 from splitnn.transport import frames
 from splitnn.transport.aio_client import AsyncPeerStream
-from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE
-from splitnn.transport.frames import FrameError, Kind
+from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE, PeerSettings
+from splitnn.transport.frames import FrameCut, FrameError, Kind
+from splitnn.transport.stream import OrderedStream
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _READ_LIMIT = 1 << 20  # a TLS stream reader's buffer: large reads pause it less often
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _op_frames(op: Op, chunk_bytes: int) -> tuple[list, int]:
+    """An op's MESSAGE frames as buffers to send in turn, and its messages' bytes."""
+    out, nbytes = [], 0
+    for message in op_to_proto(op, chunk_bytes, framed=True):
+        pieces = FRAME_REQUEST.pieces(message)
+        out += frames.pieces_of(Kind.MESSAGE, pieces)
+        nbytes += sum(len(piece) for piece in pieces)
+    return out, nbytes
+
+
+def _answer(name: str, what: str, kind: Kind, payload):
+    """The ExchangeResponse a frame from the worker carries; WorkerError for an ERROR
+    frame (its status) or any frame but a MESSAGE."""
+    if kind is Kind.ERROR:
+        raise WorkerError(name, what, *frames.error_of(bytes(payload)))
+    if kind is not Kind.MESSAGE:
+        raise WorkerError(name, what, grpc.StatusCode.INTERNAL, f"a {kind.name} frame")
+    return PARSE_RESPONSE(payload if len(payload) >= frames.LARGE_BYTES else bytes(payload))
 
 
 class _Plain:
@@ -135,22 +164,18 @@ class AsyncDataClient(AsyncPeerStream):
         self._pending: deque = deque()
 
     async def _connect(self) -> None:
-        host, _, port = self.address.rpartition(":")
-        host = host.strip("[]")
+        host, port = _host_port(self.address)
         if self.ssl_context is None:
-            self._conn = await _Plain.open(host, int(port))
+            self._conn = await _Plain.open(host, port)
         else:
             name = self.server_name or self.name
-            self._conn = await _Tls.open(host, int(port), self.ssl_context, name)
+            self._conn = await _Tls.open(host, port, self.ssl_context, name)
         await self._conn.send([frames.hello(self.token)])
 
     async def submit(self, op: Op) -> None:
         """Send one op (forward, backward or step); answers come in order."""
-        frames_out = []
-        for message in op_to_proto(op, self.chunk_bytes, framed=True):
-            pieces = FRAME_REQUEST.pieces(message)
-            frames_out += frames.pieces_of(Kind.MESSAGE, pieces)
-            self.bytes_sent += sum(len(piece) for piece in pieces)
+        frames_out, nbytes = _op_frames(op, self.chunk_bytes)
+        self.bytes_sent += nbytes
         if not self._pending and self._conn is not None and self._conn.at_eof():
             self._end_stream()  # the worker closed it while idle
         self._pending.append((op.kind, frames_out))
@@ -217,3 +242,153 @@ class AsyncDataClient(AsyncPeerStream):
                 await conn.wait_closed()
             except (OSError, ssl.SSLError, ConnectionError):
                 pass
+
+
+class DataClient(PeerSettings, OrderedStream):
+    """Ops to one worker's data port from a blocking thread: a host passing a chained
+    forward on (services.chain_forward) calls the next host so, from its handler
+    thread. The same frames, answers and retry rules as AsyncDataClient; a read
+    waits at most `timeout` for the worker's next bytes."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        **settings,
+    ):
+        settings.setdefault("chunk_bytes", frames.CHUNK_BYTES)
+        super().__init__(name, address, **settings)
+        self.ssl_context = ssl_context
+        self.token = token
+        self._sock: socket.socket | None = None
+        self._inbox = frames.Inbox()
+        self._why = "not connected"
+        self._pending: deque = deque()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(_host_port(self.address), timeout=self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                name = self.server_name or self.name
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=name)
+            sock.sendall(frames.hello(self.token))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def submit(self, op: Op) -> None:
+        """Send one op (forward, backward or step); answers come in order."""
+        out, nbytes = _op_frames(op, self.chunk_bytes)
+        self.bytes_sent += nbytes
+        if not self._pending and self._sock is not None and _closed_by_worker(self._sock):
+            self._end_stream()  # the worker closed it while idle
+        self._pending.append((op.kind, out))
+        self._write(out)
+
+    def _write(self, out: list) -> None:
+        try:
+            if self._sock is None:
+                self._sock = self._connect()
+            frames.send_pieces(self._sock, out)
+        except OSError as err:  # reading the answer reports it (ssl.SSLError is one)
+            self._why = f"{type(err).__name__}: {err}"
+            self._end_stream()
+
+    def receive(self) -> Reply:
+        """The answer to the oldest op not yet answered."""
+        if not self._pending:
+            raise RuntimeError("no op awaits an answer")
+        kind, _ = self._pending[0]
+        what = f"Exchange {kind.value}"
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self._read_reply(kind, what)
+                self._pending.popleft()
+                return reply
+            except WorkerError as err:
+                error = err
+            except TimeoutError:
+                error = WorkerError(
+                    self.name,
+                    what,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no answer for {self.timeout:.0f}s from {self.address}",
+                )
+            except (OSError, FrameCut) as err:
+                why = f"data port {self.address}: {type(err).__name__}: {err}"
+                error = WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
+            if not self.stream_retry(error, attempt, started):
+                self._reset_stream()
+                raise error
+            # Transient: reconnect and send every unanswered op again. Ops carry their
+            # OpKey; the worker applies each only once.
+            time.sleep(self.backoff_delay(attempt))
+            self._end_stream()
+            for _, out in list(self._pending):
+                self._write(out)
+        raise AssertionError("unreachable")
+
+    def _read_reply(self, kind: OpKind, what: str) -> Reply:
+        if self._sock is None:
+            why = f"cannot reach the data port at {self.address}: {self._why}"
+            raise WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
+        assembler = ReplyAssembler(kind)
+        while (reply := assembler.add(self._next_message(self._sock, what))) is None:
+            pass
+        return reply
+
+    def _next_message(self, sock: socket.socket, what: str):
+        try:
+            frame = frames.read_frame(sock, frames.MAX_FRAME_BYTES, self._inbox)
+        except FrameCut:
+            raise
+        except FrameError as err:
+            raise WorkerError(self.name, what, grpc.StatusCode.INTERNAL, str(err)) from None
+        if frame is None:
+            raise FrameCut("the worker closed the connection")
+        self.bytes_received += len(frame[1])
+        return _answer(self.name, what, *frame)
+
+    def _end_stream(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+
+    def _reset_stream(self) -> None:
+        self._end_stream()
+        self._pending.clear()
+
+    def close(self) -> None:
+        """End the connection."""
+        self._reset_stream()
+
+
+def _closed_by_worker(sock: socket.socket) -> bool:
+    """Whether an idle connection has ended (the worker closes silent ones): readable
+    with nothing owed to us. A TLS record that is no data (a session ticket) is read
+    and kept open."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    if not readable:
+        return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock.recv(1)  # no peeking through TLS
+        else:
+            sock.recv(1, socket.MSG_PEEK)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return True  # the end (b"") or bytes no op asked for: either way, start again

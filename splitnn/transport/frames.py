@@ -45,6 +45,10 @@ class FrameError(Exception):
     """Bytes that are not a frame this side accepts (unknown kind, too long, cut short)."""
 
 
+class FrameCut(FrameError):
+    """The connection ended inside a frame."""
+
+
 def header(kind: Kind, length: int) -> bytes:
     """The header of a frame of `length` payload bytes."""
     return HEADER.pack(kind, length)
@@ -129,7 +133,7 @@ def _read_exactly(sock: socket.socket, size: int, inbox: Inbox | None = None) ->
         if n == 0:
             if got == 0:
                 return None
-            raise FrameError(f"the connection ended {size - got} bytes short of a frame")
+            raise FrameCut(f"the connection ended {size - got} bytes short of a frame")
         got += n
     return view
 
@@ -145,7 +149,7 @@ def read_frame(
     kind, length = parse_header(raw.tobytes(), max_bytes)
     payload = _read_exactly(sock, length, inbox) if length else memoryview(b"")
     if payload is None:
-        raise FrameError("the connection ended inside a frame")
+        raise FrameCut("the connection ended inside a frame")
     return kind, payload
 
 
@@ -159,7 +163,11 @@ def pieces_of(kind: Kind, pieces: list) -> list:
 
 def send_frame(sock: socket.socket, kind: Kind, pieces: list) -> None:
     """Send one frame on a blocking socket; its payload's pieces are not joined."""
-    out = pieces_of(kind, pieces)
+    send_pieces(sock, pieces_of(kind, pieces))
+
+
+def send_pieces(sock: socket.socket, out: list) -> None:
+    """Send buffers in turn on a blocking socket, in one sendmsg where it can."""
     if len(out) == 1 or not hasattr(sock, "sendmsg") or hasattr(sock, "cipher"):
         for piece in out:  # TLS (one record stream either way), or one small piece
             sock.sendall(piece)

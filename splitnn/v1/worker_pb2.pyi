@@ -144,14 +144,16 @@ class LoadSegmentRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[SegmentSpec, _Mapping]] = ..., state: _Optional[_Union[_tensor_pb2.BlobChunk, _Mapping]] = ..., replace: _Optional[bool] = ..., callers: _Optional[_Iterable[str]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("host", "address", "server_name")
+    __slots__ = ("host", "address", "server_name", "data_address")
     HOST_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     host: str
     address: str
     server_name: str
-    def __init__(self, host: _Optional[str] = ..., address: _Optional[str] = ..., server_name: _Optional[str] = ...) -> None: ...
+    data_address: str
+    def __init__(self, host: _Optional[str] = ..., address: _Optional[str] = ..., server_name: _Optional[str] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class LoadSegmentResponse(_message.Message):
     __slots__ = ("index", "parameter_count")
