@@ -108,7 +108,7 @@ class DataPortServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            frames.tune(conn)
             with self._lock:
                 full = len(self._connections) >= self.max_connections
                 if self._closed:

@@ -127,6 +127,13 @@ def test_a_connection_the_worker_closed_while_idle_is_opened_again_unnoticed():
         client = DataClient("alice", f"127.0.0.1:{number}", token=TOKENS["orchestrator"])
         try:
             retried = RETRIES.counts()
+            client.call(_forward(batch_id=9))
+            assert client._sock is not None  # a dead peer is found by TCP's own probes
+            assert client._sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                timeout_ms = client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert timeout_ms == frames.UNACKNOWLEDGED_MS
+            time.sleep(0.5)
             for batch_id in (1, 2):
                 reply = client.call(_forward(batch_id=batch_id))
                 assert torch.equal(reply.tensor, _expected(running))

@@ -90,6 +90,7 @@ def test_each_site_runs_a_hardened_worker_on_its_own_name():
         assert parsed.name == site and parsed.tls_ca and parsed.data_dir == "/data"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["grpc"] == int(parsed.listen.rsplit(":", 1)[1])
+        assert ports["data"] == parsed.data_port
         assert ports["health"] == parsed.health_port
         assert ports["metrics"] == parsed.metrics_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -135,6 +136,7 @@ def test_the_job_trains_the_seed_job_on_the_sites_services():
     for site in SITES:
         host = job["workers"][site]["address"].rsplit(":", 1)[0]
         assert host == f"splitnn-worker.splitnn-{site}.svc"
+        assert job["workers"][site]["data_address"] == f"{host}:50052"  # the Service's data
     # It waits on each site's health port before training.
     (init,) = pod["initContainers"]
     waited = [a for a in init["args"] if not a.startswith("--")]

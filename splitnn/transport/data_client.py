@@ -29,6 +29,10 @@ from splitnn.transport.stream import OrderedStream
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _READ_LIMIT = 1 << 20  # a TLS stream reader's buffer: large reads pause it less often
+# A connection (and its TLS handshake) not made within this is given up, and retried
+# as a lost one is: a host that does not answer at all must not hold a retry for the
+# kernel's two minutes of SYNs.
+CONNECT_SECONDS = 10.0
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -77,7 +81,7 @@ class _Plain:
         except BaseException:
             sock.close()
             raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        frames.tune(sock)
         return cls(sock)
 
     async def send(self, pieces: list) -> None:
@@ -121,7 +125,7 @@ class _Tls:
         )
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            frames.tune(sock)
         return cls(reader, writer)
 
     async def send(self, pieces: list) -> None:
@@ -165,11 +169,12 @@ class AsyncDataClient(AsyncPeerStream):
 
     async def _connect(self) -> None:
         host, port = _host_port(self.address)
-        if self.ssl_context is None:
-            self._conn = await _Plain.open(host, port)
-        else:
-            name = self.server_name or self.name
-            self._conn = await _Tls.open(host, port, self.ssl_context, name)
+        async with asyncio.timeout(min(self.timeout, CONNECT_SECONDS)):
+            if self.ssl_context is None:
+                self._conn = await _Plain.open(host, port)
+            else:
+                name = self.server_name or self.name
+                self._conn = await _Tls.open(host, port, self.ssl_context, name)
         await self._conn.send([frames.hello(self.token)])
 
     async def submit(self, op: Op) -> None:
@@ -268,12 +273,14 @@ class DataClient(PeerSettings, OrderedStream):
         self._pending: deque = deque()
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection(_host_port(self.address), timeout=self.timeout)
+        connect_s = min(self.timeout, CONNECT_SECONDS)
+        sock = socket.create_connection(_host_port(self.address), timeout=connect_s)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            frames.tune(sock)
             if self.ssl_context is not None:
                 name = self.server_name or self.name
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=name)
+            sock.settimeout(self.timeout)  # each read waits this long for the worker
             sock.sendall(frames.hello(self.token))
         except BaseException:
             sock.close()
