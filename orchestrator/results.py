@@ -67,7 +67,11 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     ax_acc.set_title("accuracy")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins that fit these labels: tight_layout measured every text first, 0.4 s
+    # of the demo's 8.
+    fig.subplots_adjust(
+        left=0.06, right=0.99, bottom=0.12, top=0.86 if title else 0.92, wspace=0.17
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,24 @@ def test_other_subcommands_still_work_beside_a_broken_one(broken_data_module, ca
 
     assert info.value.code == 0
     assert "certs" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_demo_command_prints_the_notebooks_run_and_leaves_its_outputs(tmp_path):
+    # As the README's first command runs it: the console entry point, in a process of
+    # its own, which leaves without Python's teardown once everything is written.
+    out = tmp_path / "demo"
+    code = "from splitnn.orchestrator.cli import console; console()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "    alice  Epoch: 0/300  Loss: 3.9986" in lines  # the notebook's first print
+    assert lines[-2] == "max |weight difference| vs the same training in one process: 0"
+    assert lines[-1].endswith(f"outputs in {out}/")  # the last line, flushed before leaving
+    for name in ("model.safetensors", "metrics.jsonl", "curves.png", "report.json"):
+        assert (out / name).stat().st_size > 0, name
