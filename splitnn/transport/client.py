@@ -127,7 +127,56 @@ class PeerSettings:
         )
 
 
-class WorkerClient(PeerSettings, OrderedStream):
+class BlockingPeerStream(PeerSettings, OrderedStream):
+    """receive() with the retry rules both blocking clients keep (WorkerClient's gRPC
+    stream, DataClient's data port), over each one's `_read_reply`, `_resend` and
+    `_reset_stream`, and its `_lost`: the WorkerError an exception of its transport
+    stands for (None: not one). aio_client.AsyncPeerStream is its event-loop twin."""
+
+    _pending: deque
+
+    def _read_reply(self, kind: OpKind) -> Reply:  # pragma: no cover
+        raise NotImplementedError
+
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _resend(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _reset_stream(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def receive(self) -> Reply:
+        """The answer to the oldest op not yet answered."""
+        if not self._pending:
+            raise RuntimeError("no op awaits an answer")
+        kind, _ = self._pending[0]
+        what = f"Exchange {kind.value}"
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self._read_reply(kind)
+                self._pending.popleft()
+                return reply
+            except WorkerError as err:
+                error = err
+            except Exception as err:
+                lost = self._lost(what, err)
+                if lost is None:
+                    raise
+                error = lost
+            if not self.stream_retry(error, attempt, started):
+                self._reset_stream()
+                raise error
+            # Transient: reopen the stream and send every unanswered op again. Ops
+            # carry their OpKey; the worker applies each only once.
+            time.sleep(self.backoff_delay(attempt))
+            self._resend()
+        raise AssertionError("unreachable")
+
+
+class WorkerClient(BlockingPeerStream):
     """Talks to one worker; counts the bytes it sends and receives. `settings` are
     PeerSettings' (timeout, retries, backoff, metadata, server_name...)."""
 
@@ -300,42 +349,25 @@ class WorkerClient(PeerSettings, OrderedStream):
             requests.put(message)
         self._pending.append((op.kind, messages))
 
-    def receive(self) -> Reply:
-        """The answer to the oldest op not yet answered."""
-        if not self._pending:
-            raise RuntimeError("no op awaits an answer")
-        kind, _ = self._pending[0]
-        what = f"Exchange {kind.value}"
-        started = time.monotonic()
-        for attempt in range(self.retries + 1):
-            self._watchdog.arm(self._responses, self.timeout)
-            try:
-                reply = self._read_reply(kind)
-                self._pending.popleft()
-                return reply
-            except grpc.RpcError as err:
-                error = self._error(what, err)
-            except StopIteration:
-                error = WorkerError(self.name, what, None, "stream closed")
-            finally:
-                self._watchdog.disarm()
-            if not self.stream_retry(error, attempt, started):
-                self._reset_stream()
-                raise error
-            # Transient: reopen the stream and send every unanswered op again. Ops
-            # carry their OpKey; the worker applies each only once.
-            time.sleep(self.backoff_delay(attempt))
-            self._resend()
-        raise AssertionError("unreachable")
-
     def _read_reply(self, kind: OpKind) -> Reply:
-        assembler = ReplyAssembler(kind)
-        while True:
-            message = next(self._responses)
-            self.bytes_received += message.ByteSize()
-            reply = assembler.add(message)
-            if reply is not None:
-                return reply
+        self._watchdog.arm(self._responses, self.timeout)
+        try:
+            assembler = ReplyAssembler(kind)
+            while True:
+                message = next(self._responses)
+                self.bytes_received += message.ByteSize()
+                reply = assembler.add(message)
+                if reply is not None:
+                    return reply
+        finally:
+            self._watchdog.disarm()
+
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:
+        if isinstance(err, grpc.RpcError):
+            return self._error(what, err)
+        if isinstance(err, StopIteration):
+            return WorkerError(self.name, what, None, "stream closed")
+        return None
 
     def _resend(self) -> None:
         pending = list(self._pending)

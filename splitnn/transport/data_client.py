@@ -15,7 +15,6 @@ import asyncio
 import select
 import socket
 import ssl
-import time
 from collections import deque
 
 import grpc
@@ -23,9 +22,13 @@ import grpc
 from splitnn.errors import WorkerError
 from splitnn.transport import frames
 from splitnn.transport.aio_client import AsyncPeerStream
-from splitnn.transport.client import FRAME_REQUEST, PARSE_RESPONSE, PeerSettings
+from splitnn.transport.client import (
+    FRAME_REQUEST,
+    PARSE_RESPONSE,
+    BlockingPeerStream,
+    PeerSettings,
+)
 from splitnn.transport.frames import FrameCut, FrameError, Kind
-from splitnn.transport.stream import OrderedStream
 from splitnn.wire.ops import Op, OpKind, Reply, ReplyAssembler, op_to_proto
 
 _READ_LIMIT = 1 << 20  # a TLS stream reader's buffer: large reads pause it less often
@@ -145,11 +148,10 @@ class _Tls:
         await self.writer.wait_closed()
 
 
-class AsyncDataClient(AsyncPeerStream):
-    """Ops to one worker's data port at `address`; create and use it on one loop.
-    `ssl_context`: mutual TLS (it must hold our certificate and the CA, and check
-    the worker's name: `server_name`, else `name`); `token`: sent in the hello.
-    `settings` are PeerSettings' (timeout, retries, backoff, ...)."""
+class _DataPortPeer(PeerSettings):
+    """What both data-port clients hold beside PeerSettings: `ssl_context` for mutual
+    TLS (our certificate and the CA; it checks the worker's name: `server_name`, else
+    `name`), the `token` sent in the hello, and the ops not yet answered."""
 
     def __init__(
         self,
@@ -163,8 +165,18 @@ class AsyncDataClient(AsyncPeerStream):
         super().__init__(name, address, **settings)
         self.ssl_context = ssl_context
         self.token = token
-        self._conn: _Plain | _Tls | None = None
         self._why = "not connected"  # why the last connection or write failed
+
+
+class AsyncDataClient(_DataPortPeer, AsyncPeerStream):
+    """Ops to one worker's data port at `address`; create and use it on one loop.
+    `ssl_context`: mutual TLS (it must hold our certificate and the CA, and check
+    the worker's name: `server_name`, else `name`); `token`: sent in the hello.
+    `settings` are PeerSettings' (timeout, retries, backoff, ...)."""
+
+    def __init__(self, name: str, address: str, ssl_context=None, token=None, **settings):
+        super().__init__(name, address, ssl_context, token, **settings)
+        self._conn: _Plain | _Tls | None = None
         self._pending: deque = deque()
 
     async def _connect(self) -> None:
@@ -249,27 +261,16 @@ class AsyncDataClient(AsyncPeerStream):
                 pass
 
 
-class DataClient(PeerSettings, OrderedStream):
+class DataClient(_DataPortPeer, BlockingPeerStream):
     """Ops to one worker's data port from a blocking thread: a host passing a chained
     forward on (services.chain_forward) calls the next host so, from its handler
     thread. The same frames, answers and retry rules as AsyncDataClient; a read
     waits at most `timeout` for the worker's next bytes."""
 
-    def __init__(
-        self,
-        name: str,
-        address: str,
-        ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
-        **settings,
-    ):
-        settings.setdefault("chunk_bytes", frames.CHUNK_BYTES)
-        super().__init__(name, address, **settings)
-        self.ssl_context = ssl_context
-        self.token = token
+    def __init__(self, name: str, address: str, ssl_context=None, token=None, **settings):
+        super().__init__(name, address, ssl_context, token, **settings)
         self._sock: socket.socket | None = None
         self._inbox = frames.Inbox()
-        self._why = "not connected"
         self._pending: deque = deque()
 
     def _connect(self) -> socket.socket:
@@ -305,42 +306,22 @@ class DataClient(PeerSettings, OrderedStream):
             self._why = f"{type(err).__name__}: {err}"
             self._end_stream()
 
-    def receive(self) -> Reply:
-        """The answer to the oldest op not yet answered."""
-        if not self._pending:
-            raise RuntimeError("no op awaits an answer")
-        kind, _ = self._pending[0]
-        what = f"Exchange {kind.value}"
-        started = time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                reply = self._read_reply(kind, what)
-                self._pending.popleft()
-                return reply
-            except WorkerError as err:
-                error = err
-            except TimeoutError:
-                error = WorkerError(
-                    self.name,
-                    what,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no answer for {self.timeout:.0f}s from {self.address}",
-                )
-            except (OSError, FrameCut) as err:
-                why = f"data port {self.address}: {type(err).__name__}: {err}"
-                error = WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
-            if not self.stream_retry(error, attempt, started):
-                self._reset_stream()
-                raise error
-            # Transient: reconnect and send every unanswered op again. Ops carry their
-            # OpKey; the worker applies each only once.
-            time.sleep(self.backoff_delay(attempt))
-            self._end_stream()
-            for _, out in list(self._pending):
-                self._write(out)
-        raise AssertionError("unreachable")
+    def _lost(self, what: str, err: BaseException) -> WorkerError | None:
+        if isinstance(err, TimeoutError):
+            why = f"no answer for {self.timeout:.0f}s from {self.address}"
+            return WorkerError(self.name, what, grpc.StatusCode.DEADLINE_EXCEEDED, why)
+        if isinstance(err, (OSError, FrameCut)):
+            why = f"data port {self.address}: {type(err).__name__}: {err}"
+            return WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
+        return None
 
-    def _read_reply(self, kind: OpKind, what: str) -> Reply:
+    def _resend(self) -> None:
+        self._end_stream()
+        for _, out in list(self._pending):
+            self._write(out)
+
+    def _read_reply(self, kind: OpKind) -> Reply:
+        what = f"Exchange {kind.value}"
         if self._sock is None:
             why = f"cannot reach the data port at {self.address}: {self._why}"
             raise WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
