@@ -30,10 +30,13 @@ CHUNK_BYTES = 16 << 20
 MAX_FRAME_BYTES = CHUNK_BYTES + (2 << 20)
 LARGE_BYTES = 65536  # a payload from here up is received into a buffer kept for it
 # A peer gone without a word (a pulled cable, a host powered off) is found as gRPC's
-# pings find it (every 2 s, 5 s to answer): TCP keepalive probes an idle connection
-# from 2 s on, once a second, 5 times; data unacknowledged for 10 s ends it.
+# pings find it (every 2 s, 5 s to answer): TCP keepalive probes a connection with
+# nothing in flight from 2 s on, once a second, 5 times. Data left unacknowledged
+# for 30 s ends it: longer than gRPC's 5 s, as a worker reads the next op only once
+# it has answered the last, so a caller's queued ops may wait in a full window while
+# it computes.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 2, 1, 5
-UNACKNOWLEDGED_MS = 10_000
+UNACKNOWLEDGED_MS = 30_000
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
