@@ -285,7 +285,8 @@ def main(argv=None) -> int:
 def console() -> None:
     """The `splitnn` command: main(), then out without Python's teardown. Everything
     is written and every worker started here stopped by then; what is left is
-    unloading torch and gRPC, half a second of `splitnn demo`'s eight here."""
+    unloading torch and gRPC, half a second of `splitnn demo`'s eight here. So no
+    subcommand may leave work to atexit: logging is shut down and stdio flushed here."""
     code = main()
     logging.shutdown()
     sys.stdout.flush()
