@@ -170,9 +170,8 @@ class DataPortServer:
                 conn.settimeout(self.idle_seconds)
                 requests = checked(self._requests(conn))
                 for message in servicer.serve_exchange(caller, requests, frames.CHUNK_BYTES):
-                    pieces = FRAME_EXCHANGE.pieces(message)
-                    servicer.bytes_sent += sum(len(piece) for piece in pieces)
-                    frames.send_frame(conn, Kind.MESSAGE, pieces)
+                    # (counted in bytes_sent by the servicer, as on gRPC)
+                    frames.send_frame(conn, Kind.MESSAGE, FRAME_EXCHANGE.pieces(message))
         except FrameError as err:
             status = "INVALID_ARGUMENT"
             _send_error(conn, grpc.StatusCode.INVALID_ARGUMENT, str(err))

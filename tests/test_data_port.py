@@ -113,6 +113,23 @@ def test_forward_over_the_data_port_answers_as_the_segment(port, blocking):
     assert torch.equal(reply.tensor, _expected(running))
 
 
+def test_the_worker_counts_the_bytes_of_a_data_port_op_once(port):
+    running, number = port
+    received, sent = running.servicer.bytes_received, running.servicer.bytes_sent
+
+    async def run():
+        client = AsyncDataClient("alice", f"127.0.0.1:{number}", token=TOKENS["orchestrator"])
+        try:
+            await client.call(_forward())
+            return client.bytes_sent, client.bytes_received
+        finally:
+            await client.close()
+
+    client_sent, client_received = asyncio.run(run())
+    assert running.servicer.bytes_received - received == client_sent
+    assert running.servicer.bytes_sent - sent == client_received
+
+
 def test_a_large_tensor_crosses_in_frames_of_its_own(port, blocking):
     running, number = port
     rows = (20 << 20) // 12  # 20 MiB of input: two frames of 16 MiB chunks and more
