@@ -42,7 +42,7 @@ class Driver:
 
     A peer connection (one Exchange stream) serves one Drive call at a time:
     concurrent runs each check out their own, so their ops never interleave.
-    `client_factory(name, address, server_name)` makes an AsyncExchangeClient-like
+    `client_factory(name, address, server_name=...)` makes an AsyncExchangeClient-like
     client, and `data_client_factory` the same for a stage that names its host's data
     port (an AsyncDataClient); both are called on the driver's event loop. The loop
     polls for up to `spin_seconds` before it sleeps (splitnn.transport.busy_poll); 0
@@ -58,16 +58,8 @@ class Driver:
     ):
         self.host = host
         self.spin_seconds = spin_seconds
-        self.client_factory = client_factory or (
-            lambda name, address, server_name=None: AsyncExchangeClient(
-                name, address, server_name=server_name
-            )
-        )
-        self.data_client_factory = data_client_factory or (
-            lambda name, address, server_name=None: AsyncDataClient(
-                name, address, server_name=server_name
-            )
-        )
+        self.client_factory = client_factory or AsyncExchangeClient
+        self.data_client_factory = data_client_factory or AsyncDataClient
         self._idle: dict[tuple[str, str, str], list] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +99,7 @@ class Driver:
                 return idle.pop()
         # With TLS, the peer must present a certificate for `server_name`, or else
         # for its host name.
-        return factory(stage.host, address, stage.server_name or None)
+        return factory(stage.host, address, server_name=stage.server_name or None)
 
     async def _checkin(self, clients: dict, healthy: bool) -> None:
         for client in clients.values():

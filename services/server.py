@@ -335,17 +335,10 @@ def build(args: argparse.Namespace) -> Worker:
         # token, expecting the peer called NAME to present a certificate for NAME.
         peer_factory = security.client_factory(AsyncExchangeClient)
         chain_factory = security.client_factory()
-        ssl_context, token = security.ssl_client_context(), security.token
-
-        def data_factory(name: str, address: str, server_name: str | None = None):
-            return AsyncDataClient(
-                name, address, ssl_context=ssl_context, token=token, server_name=server_name
-            )
-
-        def chain_data_factory(name: str, address: str, server_name: str | None = None):
-            return DataClient(
-                name, address, ssl_context=ssl_context, token=token, server_name=server_name
-            )
+        # The data ports: the same certificate and token, in the TLS of the socket.
+        credentials = {"ssl_context": security.ssl_client_context(), "token": security.token}
+        data_factory = functools.partial(AsyncDataClient, **credentials)
+        chain_data_factory = functools.partial(DataClient, **credentials)
 
     driver = Driver(
         host,

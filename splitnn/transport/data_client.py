@@ -151,7 +151,10 @@ class _Tls:
 class _DataPortPeer(PeerSettings):
     """What both data-port clients hold beside PeerSettings: `ssl_context` for mutual
     TLS (our certificate and the CA; it checks the worker's name: `server_name`, else
-    `name`), the `token` sent in the hello, and the ops not yet answered."""
+    `name`) and the `token` sent in the hello. Each client keeps its unanswered ops
+    in `_pending` and ends its connection in `_end_stream`."""
+
+    _pending: deque
 
     def __init__(
         self,
@@ -167,12 +170,18 @@ class _DataPortPeer(PeerSettings):
         self.token = token
         self._why = "not connected"  # why the last connection or write failed
 
+    def _end_stream(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _reset_stream(self) -> None:
+        self._end_stream()
+        self._pending.clear()
+
 
 class AsyncDataClient(_DataPortPeer, AsyncPeerStream):
     """Ops to one worker's data port at `address`; create and use it on one loop.
-    `ssl_context`: mutual TLS (it must hold our certificate and the CA, and check
-    the worker's name: `server_name`, else `name`); `token`: sent in the hello.
-    `settings` are PeerSettings' (timeout, retries, backoff, ...)."""
+    `ssl_context` and `token` as _DataPortPeer's; `settings` are PeerSettings'
+    (timeout, retries, backoff, ...)."""
 
     def __init__(self, name: str, address: str, ssl_context=None, token=None, **settings):
         super().__init__(name, address, ssl_context, token, **settings)
@@ -204,11 +213,11 @@ class AsyncDataClient(_DataPortPeer, AsyncPeerStream):
                 await self._connect()
             assert self._conn is not None
             await self._conn.send(pieces)
-        except (OSError, ssl.SSLError, ConnectionError) as err:
-            self._why = f"{type(err).__name__}: {err}"  # reading the answer reports it
+        except OSError as err:  # reading the answer reports it (ssl.SSLError is one)
+            self._why = f"{type(err).__name__}: {err}"
 
     def _lost(self, what: str, err: BaseException) -> WorkerError | None:
-        if not isinstance(err, (OSError, ssl.SSLError, asyncio.IncompleteReadError)):
+        if not isinstance(err, (OSError, asyncio.IncompleteReadError)):
             return None
         why = f"data port {self.address}: {type(err).__name__}: {err}"
         return WorkerError(self.name, what, grpc.StatusCode.UNAVAILABLE, why)
@@ -232,23 +241,13 @@ class AsyncDataClient(_DataPortPeer, AsyncPeerStream):
         except FrameError as err:
             raise WorkerError(self.name, what, grpc.StatusCode.INTERNAL, str(err)) from None
         payload = await self._conn.read(length) if length else b""
-        if frame_kind is Kind.ERROR:
-            raise WorkerError(self.name, what, *frames.error_of(bytes(payload)))
-        if frame_kind is not Kind.MESSAGE:
-            raise WorkerError(
-                self.name, what, grpc.StatusCode.INTERNAL, f"a {frame_kind.name} frame"
-            )
         self.bytes_received += length
-        return PARSE_RESPONSE(payload if length >= frames.LARGE_BYTES else bytes(payload))
+        return _answer(self.name, what, frame_kind, payload)
 
     def _end_stream(self) -> None:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
-
-    def _reset_stream(self) -> None:
-        self._end_stream()
-        self._pending.clear()
 
     async def close(self) -> None:
         """End the connection."""
@@ -257,7 +256,7 @@ class AsyncDataClient(_DataPortPeer, AsyncPeerStream):
         if conn is not None:
             try:
                 await conn.wait_closed()
-            except (OSError, ssl.SSLError, ConnectionError):
+            except OSError:
                 pass
 
 
@@ -333,7 +332,7 @@ class DataClient(_DataPortPeer, BlockingPeerStream):
     def _next_message(self, sock: socket.socket, what: str):
         try:
             frame = frames.read_frame(sock, frames.MAX_FRAME_BYTES, self._inbox)
-        except FrameCut:
+        except FrameCut:  # the connection's end: _lost's to say
             raise
         except FrameError as err:
             raise WorkerError(self.name, what, grpc.StatusCode.INTERNAL, str(err)) from None
@@ -346,10 +345,6 @@ class DataClient(_DataPortPeer, BlockingPeerStream):
         if self._sock is not None:
             self._sock.close()
         self._sock = None
-
-    def _reset_stream(self) -> None:
-        self._end_stream()
-        self._pending.clear()
 
     def close(self) -> None:
         """End the connection."""

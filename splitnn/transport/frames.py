@@ -126,12 +126,11 @@ class Inbox:
     """One connection's receive buffer for large payloads, filled again once nothing
     holds the last payload received into it.
 
-    Why: a fresh 16 MiB buffer each frame faults in 4096 pages, and glibc hands a
-    thread's freed heap back between frames, so the first rounds of a large tensor
-    ran at a fifth of the link's speed. A received tensor is copied out of its frame
-    (splitnn.wire.codec), after which the buffer is free again; a payload still
-    referenced anywhere (a view, a tensor built on it) keeps its buffer, and the next
-    one gets a new buffer. Small payloads get a buffer of their own each time."""
+    Why: a fresh 16 MiB buffer each frame faults in 4096 pages. A received tensor is
+    copied out of its frame (splitnn.wire.codec), after which the buffer is free
+    again; a payload still referenced anywhere (a view, a tensor built on it) keeps
+    its buffer, and the next one gets a new buffer. Small payloads get a buffer of
+    their own each time."""
 
     def __init__(self) -> None:
         self._array: numpy.ndarray | None = None
@@ -140,7 +139,7 @@ class Inbox:
         """A writable buffer of `size` bytes, unzeroed when large (it is about to be
         filled from a socket, and zeroing 16 MiB costs as much as receiving it)."""
         if size < LARGE_BYTES:
-            return memoryview(bytearray(size))
+            return _fresh(size)
         array = self._array
         # Three references: the attribute, `array`, and getrefcount's argument. Any
         # view or tensor still on the last payload holds one more, through its buffer.
@@ -149,9 +148,16 @@ class Inbox:
         return array.data.cast("B")[:size]
 
 
+def _fresh(size: int) -> memoryview:
+    """A buffer of its own: small ones zeroed, large ones not (as Inbox.take)."""
+    if size < LARGE_BYTES:
+        return memoryview(bytearray(size))
+    return numpy.empty(size, dtype=numpy.uint8).data.cast("B")
+
+
 def _read_exactly(sock: socket.socket, size: int, inbox: Inbox | None = None) -> memoryview | None:
     """`size` bytes from a blocking socket; None at a clean end before the first byte."""
-    view, got = (inbox or Inbox()).take(size), 0
+    view, got = (inbox.take(size) if inbox is not None else _fresh(size)), 0
     while got < size:
         n = sock.recv_into(view[got:])
         if n == 0:
